@@ -2,9 +2,6 @@
 so `mdl --help` stays fast."""
 from __future__ import annotations
 
-import os
-
-import click
 import typer
 
 from cli import data_cmd, db_cmd, registry_cmds, workflow_cmds
@@ -26,23 +23,14 @@ app.add_typer(data_cmd.app, name="data", help="Look at a dataset before training
 
 
 def main() -> None:
-    """Console entry point: every failure becomes one line on stderr and a non-zero exit."""
+    """Console entry point: Typer handles --help and usage errors (exit 2); any other failure becomes
+    one red line on stderr and exit 1."""
     try:
-        code = app(standalone_mode=False)  # non-standalone: Click returns exit codes instead of exiting
-    except click.exceptions.Exit as exc:  # --help, typer.Exit
-        raise SystemExit(exc.exit_code) from None
-    except click.exceptions.Abort:
-        fail(KeyboardInterrupt("aborted"))
-    except click.ClickException as exc:  # usage errors: Click's message, exit 2
-        if os.environ.get("MDL_DEBUG") == "1":
-            raise
-        exc.show()
-        raise SystemExit(exc.exit_code) from None
+        app()
     except SystemExit:
         raise
     except BaseException as exc:  # noqa: BLE001 - the CLI boundary: nothing escapes as a traceback
         fail(exc)
-    raise SystemExit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
