@@ -1,6 +1,40 @@
-"""`mdl db ...`: schema maintenance."""
+"""`mdl db ...`: schema maintenance. Upgrades are explicit, never a side effect of another command."""
 from __future__ import annotations
 
 import typer
 
+from cli._output import Home, Json, emit_json, info
+
 app = typer.Typer(no_args_is_help=True)
+
+
+@app.command()
+def upgrade(home: Home = None, as_json: Json = False) -> None:
+    """Migrate the registry database to this mdl's schema."""
+    from cli.registry_cmds import resolve_home
+    from registry.store import Registry
+
+    before, after = Registry.upgrade(resolve_home(home))
+    if as_json:
+        emit_json({"from": before, "to": after})
+    else:
+        info(f"Schema {before} -> {after}" if before != after else f"Schema already at {after}")
+
+
+@app.command()
+def current(home: Home = None, as_json: Json = False) -> None:
+    """Show the registry's schema revision and this mdl's head revision."""
+    from cli.registry_cmds import resolve_home
+    from registry import db
+    from registry.store import DB_NAME, Registry
+    from registry.errors import NotInitialised
+
+    path = resolve_home(home)
+    if not (path / DB_NAME).is_file():
+        raise NotInitialised(f"no mdl registry at {path}", hint=f"run `mdl init --home {path}`")
+    reg = Registry(path)
+    result = {"current": db.current_revision(reg.engine), "head": db.head_revision(reg.engine)}
+    if as_json:
+        emit_json(result)
+    else:
+        info(f"schema {result['current']} (this mdl: {result['head']})")

@@ -1,0 +1,420 @@
+"""The registry: trunks, domains and their versions, gates, evaluations, and their artifacts.
+
+Writers hold a file lock for the whole register step; version numbers come from max(version)+1
+over every row ever written (removed ones included) and an insert that still collides on the unique
+constraint is retried, as MLflow's SQLAlchemy store does. Readers take no lock (SQLite serialises).
+"""
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, TypeVar
+
+from filelock import FileLock, Timeout
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from registry import db
+from registry.artifacts import ArtifactStore, decode_tensors, encode_tensors
+from registry.errors import NotFound, NotInitialised, RegistryError
+from registry.models import Artifact, Domain, DomainVersion, Evaluation, Gate, Trunk, utcnow
+
+DB_NAME = "registry.db"
+LOCK_TIMEOUT_S = 120
+VERSION_RETRIES = 5
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+T = TypeVar("T")
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise RegistryError(
+            f"invalid domain name {name!r}: use 1-64 lowercase letters, digits, '.', '_' or '-'"
+        )
+    return name
+
+
+# --- plain records handed out of sessions (no lazy loading after the session closes) --------------
+
+
+@dataclass(frozen=True)
+class ArtifactRecord:
+    id: int
+    kind: str
+    path: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class TrunkRecord:
+    id: int
+    arch: str
+    version: int
+    width: float
+    source: str
+    num_params: int
+    config: dict[str, Any]
+    artifact: ArtifactRecord
+    created_at: datetime
+    removed_at: datetime | None
+
+    @property
+    def label(self) -> str:
+        return f"{self.arch}:v{self.version}"
+
+
+@dataclass(frozen=True)
+class DomainVersionRecord:
+    id: int
+    name: str
+    version: int
+    method: str
+    num_classes: int
+    domain_params: int
+    accuracy: float | None
+    trunk: TrunkRecord
+    classes: list[Any]
+    data: dict[str, Any]
+    config: dict[str, Any]
+    artifact: ArtifactRecord
+    created_at: datetime
+    removed_at: datetime | None
+    reference_accuracy: float | None
+
+
+@dataclass(frozen=True)
+class GateRecord:
+    id: int
+    target: DomainVersionRecord
+    version: int
+    placement: str
+    mixed: list[int]
+    accuracy: float | None
+    base_accuracy: float | None
+    config: dict[str, Any]
+    artifact: ArtifactRecord
+    created_at: datetime
+
+
+def _artifact(row: Artifact) -> ArtifactRecord:
+    return ArtifactRecord(row.id, row.kind, row.path, row.sha256, row.size)
+
+
+def _trunk(row: Trunk) -> TrunkRecord:
+    return TrunkRecord(row.id, row.arch, row.version, row.width, row.source, row.num_params, dict(row.config),
+                       _artifact(row.artifact), row.created_at, row.removed_at)
+
+
+def _version(row: DomainVersion) -> DomainVersionRecord:
+    return DomainVersionRecord(
+        row.id, row.domain.name, row.version, row.method, row.num_classes, row.domain_params, row.accuracy,
+        _trunk(row.trunk), list(row.classes), dict(row.data), dict(row.config), _artifact(row.artifact),
+        row.created_at, row.removed_at or row.domain.removed_at, row.domain.reference_accuracy,
+    )
+
+
+def _gate(row: Gate) -> GateRecord:
+    return GateRecord(row.id, _version(row.target), row.version, row.placement, list(row.mixed), row.accuracy,
+                      row.base_accuracy, dict(row.config), _artifact(row.artifact), row.created_at)
+
+
+class Registry:
+    """Open with `Registry.init(home)` (creates or upgrades nothing silently) or `Registry.open(home)`."""
+
+    def __init__(self, home: Path):
+        self.home = Path(home).expanduser().resolve()
+        self.db_path = self.home / DB_NAME
+        self.engine = db.make_engine(self.db_path)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.artifacts = ArtifactStore(self.home)
+        self._lock = FileLock(str(self.home / "registry.lock"), timeout=LOCK_TIMEOUT_S)
+
+    # --- opening ------------------------------------------------------------------------------------
+
+    @classmethod
+    def init(cls, home: Path) -> tuple["Registry", bool]:
+        """Create the registry at `home` (idempotent). Returns (registry, created)."""
+        home = Path(home).expanduser()
+        if home.exists() and not home.is_dir():
+            raise RegistryError(f"--home {home} exists and is not a folder")
+        if (home / DB_NAME).exists():
+            reg = cls.open(home)  # refuses an old schema instead of upgrading behind the user's back
+            return reg, False
+        home.mkdir(parents=True, exist_ok=True)
+        reg = cls(home)
+        with reg.writing():
+            db.upgrade(reg.engine)
+        return reg, True
+
+    @classmethod
+    def open(cls, home: Path) -> "Registry":
+        home = Path(home).expanduser()
+        if not (home / DB_NAME).is_file():
+            raise NotInitialised(f"no mdl registry at {home}", hint=f"run `mdl init --home {home}`")
+        reg = cls(home)
+        db.check_schema(reg.engine, reg.home)
+        return reg
+
+    @classmethod
+    def upgrade(cls, home: Path) -> tuple[str | None, str]:
+        """Migrate an existing registry to this mdl's schema; returns (from, to) revisions."""
+        home = Path(home).expanduser()
+        if not (home / DB_NAME).is_file():
+            raise NotInitialised(f"no mdl registry at {home}", hint=f"run `mdl init --home {home}`")
+        reg = cls(home)
+        before = db.current_revision(reg.engine)
+        with reg.writing():
+            db.upgrade(reg.engine)
+        return before, db.current_revision(reg.engine)
+
+    def schema_revision(self) -> str | None:
+        return db.current_revision(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # --- sessions and locking ----------------------------------------------------------------------
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the registry's writer lock (re-entrant within this process)."""
+        try:
+            self._lock.acquire()
+        except Timeout:
+            raise RegistryError(f"registry at {self.home} is locked by another writer",
+                                hint="try again when it finishes") from None
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    def session(self):
+        return db.managed_session(self._sessions)
+
+    def _register(self, build: Callable[[Session], tuple[T, str, bytes, Artifact]]) -> T:
+        """Run `build` (which adds rows and returns the artifact bytes to place) under the writer lock.
+
+        The file is placed only after the rows flush, and the transaction commits right after the
+        rename; if anything fails the rows roll back and the placed file is removed. A unique-constraint
+        conflict on the version number retries with the next number.
+        """
+        with self.writing():
+            for attempt in range(VERSION_RETRIES):
+                placed: str | None = None
+                try:
+                    with self.session() as s:
+                        result, relpath, data, artifact = build(s)
+                        s.flush()  # version conflicts surface here, before any file is written
+                        artifact.sha256, artifact.size = self.artifacts.write(relpath, data)
+                        placed = relpath
+                        s.flush()
+                    return result
+                except IntegrityError:
+                    if placed:
+                        self.artifacts.discard(placed)
+                    if attempt == VERSION_RETRIES - 1:
+                        raise RegistryError("could not allocate a version number (concurrent writers)") from None
+                except BaseException:
+                    if placed:
+                        self.artifacts.discard(placed)
+                    raise
+        raise AssertionError("unreachable")
+
+    # --- trunks ------------------------------------------------------------------------------------
+
+    def add_trunk(self, *, arch: str, width: float, source: str, num_params: int, config: Mapping[str, Any],
+                  tensors: Mapping[str, Any]) -> TrunkRecord:
+        def build(s: Session):
+            version = (s.scalar(select(func.max(Trunk.version)).where(Trunk.arch == arch)) or 0) + 1
+            relpath = f"artifacts/trunks/{arch}/v{version}.safetensors"
+            art = Artifact(kind="trunk", path=relpath, sha256="", size=0)
+            s.add(Trunk(arch=arch, version=version, width=width, source=source, num_params=num_params,
+                        config=dict(config), artifact=art))
+            meta = {"kind": "trunk", "arch": arch, "trunk": f"{arch}:v{version}", "width": width,
+                    "source": source, "domain": source, "method": "trunk"}
+            return version, relpath, encode_tensors(tensors, meta), art
+
+        return self.trunk(arch, self._register(build))
+
+    def trunk(self, arch: str, version: int | None = None) -> TrunkRecord:
+        with self.session() as s:
+            q = select(Trunk).where(Trunk.arch == arch, Trunk.removed_at.is_(None))
+            if version is not None:
+                q = q.where(Trunk.version == version)
+            row = s.scalars(q.order_by(Trunk.version.desc())).first()
+            if row is None:
+                what = f"trunk {arch}" + (f" v{version}" if version is not None else "")
+                raise NotFound(f"no {what} in the registry", hint="run `mdl pretrain` first")
+            return _trunk(row)
+
+    def trunks(self, include_removed: bool = False) -> list[TrunkRecord]:
+        with self.session() as s:
+            q = select(Trunk).order_by(Trunk.created_at, Trunk.id)
+            if not include_removed:
+                q = q.where(Trunk.removed_at.is_(None))
+            return [_trunk(r) for r in s.scalars(q)]
+
+    # --- domains -----------------------------------------------------------------------------------
+
+    def add_domain_version(self, *, name: str, method: str, num_classes: int, domain_params: int,
+                           accuracy: float | None, trunk_id: int, classes: list[Any], data: Mapping[str, Any],
+                           config: Mapping[str, Any], tensors: Mapping[str, Any],
+                           reference_accuracy: float | None = None) -> DomainVersionRecord:
+        check_name(name)
+
+        def build(s: Session):
+            trunk = s.get(Trunk, trunk_id)
+            if trunk is None:
+                raise NotFound(f"trunk id {trunk_id} is not in the registry")
+            domain = s.scalar(select(Domain).where(Domain.name == name))
+            if domain is None:
+                domain = Domain(name=name)
+                s.add(domain)
+                s.flush()
+            domain.removed_at = None  # registering a new version brings a removed domain back
+            if reference_accuracy is not None:
+                domain.reference_accuracy = reference_accuracy
+            version = (s.scalar(select(func.max(DomainVersion.version))
+                                .where(DomainVersion.domain_id == domain.id)) or 0) + 1
+            relpath = f"artifacts/domains/{name}/v{version}.safetensors"
+            art = Artifact(kind="domain", path=relpath, sha256="", size=0)
+            row = DomainVersion(domain=domain, version=version, method=method, num_classes=num_classes,
+                                domain_params=domain_params, accuracy=accuracy, trunk=trunk, artifact=art,
+                                classes=list(classes), data=dict(data), config=dict(config))
+            s.add(row)
+            meta = {"kind": "domain", "domain": name, "version": version, "method": method,
+                    "arch": trunk.arch, "trunk": f"{trunk.arch}:v{trunk.version}", "num_classes": num_classes}
+            return (name, version), relpath, encode_tensors(tensors, meta), art
+
+        name, version = self._register(build)
+        return self.domain_version(name, version)
+
+    def _version_query(self, name: str):
+        return select(DomainVersion).join(Domain).where(Domain.name == name)
+
+    def domain_version(self, name: str, version: int | None = None) -> DomainVersionRecord:
+        """A given version (removed ones too), or the current one: the newest not removed."""
+        with self.session() as s:
+            if s.scalar(select(Domain).where(Domain.name == name)) is None:
+                raise NotFound(f"unknown domain {name!r}", hint="see `mdl list`")
+            q = self._version_query(name)
+            if version is None:
+                q = q.where(DomainVersion.removed_at.is_(None), Domain.removed_at.is_(None))
+            else:
+                q = q.where(DomainVersion.version == version)
+            row = s.scalars(q.order_by(DomainVersion.version.desc())).first()
+            if row is None:
+                what = f"version {version} of domain {name!r}" if version else f"domain {name!r} (all removed)"
+                raise NotFound(f"no {what}", hint=f"see `mdl show {name}`")
+            return _version(row)
+
+    def domain_versions(self, name: str) -> list[DomainVersionRecord]:
+        with self.session() as s:
+            if s.scalar(select(Domain).where(Domain.name == name)) is None:
+                raise NotFound(f"unknown domain {name!r}", hint="see `mdl list`")
+            return [_version(r) for r in s.scalars(self._version_query(name).order_by(DomainVersion.version))]
+
+    def current_versions(self) -> list[DomainVersionRecord]:
+        """The newest non-removed version of every non-removed domain, in registration order."""
+        with self.session() as s:
+            latest = (select(DomainVersion.domain_id, func.max(DomainVersion.version).label("v"))
+                      .where(DomainVersion.removed_at.is_(None)).group_by(DomainVersion.domain_id).subquery())
+            q = (select(DomainVersion).join(Domain)
+                 .join(latest, (latest.c.domain_id == DomainVersion.domain_id) & (latest.c.v == DomainVersion.version))
+                 .where(Domain.removed_at.is_(None)).order_by(Domain.id))
+            return [_version(r) for r in s.scalars(q)]
+
+    def remove(self, name: str, version: int | None = None) -> list[int]:
+        """Mark a version (or the whole domain) removed; rows and files stay. Returns versions marked."""
+        with self.writing(), self.session() as s:
+            domain = s.scalar(select(Domain).where(Domain.name == name))
+            if domain is None:
+                raise NotFound(f"unknown domain {name!r}", hint="see `mdl list`")
+            rows = [v for v in domain.versions if version is None or v.version == version]
+            if version is not None and not rows:
+                raise NotFound(f"domain {name!r} has no version {version}", hint=f"see `mdl show {name}`")
+            live = [v for v in rows if v.removed_at is None]
+            if not live and (version is not None or domain.removed_at is not None):
+                raise RegistryError(f"{name}" + (f" v{version}" if version else "") + " is already removed")
+            now = utcnow()
+            for v in live:
+                v.removed_at = now
+            if version is None:
+                domain.removed_at = now
+            return [v.version for v in live]
+
+    def set_reference_accuracy(self, name: str, accuracy: float | None) -> None:
+        with self.writing(), self.session() as s:
+            domain = s.scalar(select(Domain).where(Domain.name == name))
+            if domain is None:
+                raise NotFound(f"unknown domain {name!r}", hint="see `mdl list`")
+            domain.reference_accuracy = accuracy
+
+    # --- gates and evaluations ----------------------------------------------------------------------
+
+    def add_gate(self, *, target_id: int, placement: str, mixed: list[int], accuracy: float | None,
+                 base_accuracy: float | None, config: Mapping[str, Any], tensors: Mapping[str, Any]) -> GateRecord:
+        def build(s: Session):
+            target = s.get(DomainVersion, target_id)
+            if target is None:
+                raise NotFound(f"domain version id {target_id} is not in the registry")
+            version = (s.scalar(select(func.max(Gate.version)).where(Gate.domain_version_id == target_id)) or 0) + 1
+            name = target.domain.name
+            relpath = f"artifacts/gates/{name}/v{target.version}-gate{version}.safetensors"
+            art = Artifact(kind="gate", path=relpath, sha256="", size=0)
+            row = Gate(target=target, version=version, placement=placement, mixed=list(mixed), accuracy=accuracy,
+                       base_accuracy=base_accuracy, config=dict(config), artifact=art)
+            s.add(row)
+            meta = {"kind": "gate", "domain": name, "version": target.version, "gate": version,
+                    "method": target.method, "arch": target.trunk.arch,
+                    "trunk": f"{target.trunk.arch}:v{target.trunk.version}", "placement": placement}
+            return None, relpath, encode_tensors(tensors, meta), art
+
+        self._register(build)
+        return self.current_gate(target_id)
+
+    def current_gate(self, target_id: int) -> GateRecord | None:
+        with self.session() as s:
+            row = s.scalars(select(Gate).where(Gate.domain_version_id == target_id, Gate.removed_at.is_(None))
+                            .order_by(Gate.version.desc())).first()
+            return _gate(row) if row else None
+
+    def add_evaluation(self, *, domain_version_id: int, split: str, accuracy: float, num_samples: int,
+                       gate_id: int | None = None) -> None:
+        with self.writing(), self.session() as s:
+            s.add(Evaluation(domain_version_id=domain_version_id, gate_id=gate_id, split=split,
+                             accuracy=accuracy, num_samples=num_samples))
+
+    def evaluations(self, domain_version_id: int) -> list[dict[str, Any]]:
+        with self.session() as s:
+            q = select(Evaluation).where(Evaluation.domain_version_id == domain_version_id).order_by(Evaluation.id)
+            return [{"split": e.split, "accuracy": e.accuracy, "num_samples": e.num_samples, "gate_id": e.gate_id,
+                     "created_at": e.created_at} for e in s.scalars(q)]
+
+    # --- artifacts ---------------------------------------------------------------------------------
+
+    def load_tensors(self, artifact: ArtifactRecord) -> dict[str, Any]:
+        """Hash-checked load of an artifact's tensors."""
+        return decode_tensors(self.artifacts.read(artifact.path, artifact.sha256))
+
+    def verify(self) -> dict[str, Any]:
+        """Re-hash every recorded artifact; list files on disk that no row records."""
+        with self.session() as s:
+            rows = [_artifact(a) for a in s.scalars(select(Artifact).order_by(Artifact.id))]
+        checked = [{"path": a.path, "kind": a.kind, "status": self.artifacts.check(a.path, a.sha256, a.size)}
+                   for a in rows]
+        recorded = {a.path for a in rows}
+        orphans = [p for p in self.artifacts.files() if p not in recorded]
+        return {
+            "checked": len(checked),
+            "ok": sum(c["status"] == "ok" for c in checked),
+            "problems": [c for c in checked if c["status"] != "ok"],
+            "unrecorded_files": orphans,
+            "stale_temp_files": [p.name for p in self.artifacts.stale_temp_files()],
+        }
