@@ -1,0 +1,126 @@
+"""The registry commands through the real `mdl` process: output contract and every error path."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import register_tiny, tree_digest
+
+from registry.store import Registry
+
+
+@pytest.fixture
+def populated(home):
+    reg = Registry.init(home)[0]
+    register_tiny(reg, "svhn")
+    register_tiny(reg, "svhn", seed=1)
+    register_tiny(reg, "dtd", seed=2)
+    reg.close()
+    return home
+
+
+def test_help_lists_every_command_without_importing_torch():
+    code = ("import sys; from cli.app import app; import typer.main; typer.main.get_command(app); "
+            "print(sorted(m for m in ('torch', 'torchvision', 'sqlalchemy', 'alembic') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]"
+    proc = subprocess.run([sys.executable, "-m", "cli", "--help"], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0
+    for command in ["init", "pretrain", "add-domain", "list", "show", "gate-train", "score", "predict",
+                    "verify", "remove", "demo", "data", "db"]:
+        assert f" {command} " in proc.stdout, command
+
+
+def test_init_is_idempotent_and_json_is_pure(mdl, home):
+    first = mdl("init", "--json", home=home)
+    assert first.code == 0 and first.json()["created"] is True
+    second = mdl("init", "--json", home=home)
+    assert second.code == 0 and second.json() == {**first.json(), "created": False}
+
+
+def test_list_and_show_json(mdl, populated):
+    rows = mdl("list", "--json", home=populated).json()
+    assert [(r["name"], r["version"]) for r in rows] == [("svhn", 2), ("dtd", 1)]
+    assert {"name", "version", "method", "num_classes", "domain_params", "accuracy"} <= set(rows[0])
+    assert rows[0]["domain_params_pct_of_trunk"] == 10.0
+    shown = mdl("show", "svhn", "--json", home=populated).json()
+    assert [(v["version"], v["current"]) for v in shown["versions"]] == [(1, False), (2, True)]
+    table = mdl("list", home=populated)
+    assert table.code == 0 and "svhn" in table.stdout and "dtd" in table.stdout
+
+
+def test_remove_marks_and_keeps_history(mdl, populated):
+    res = mdl("remove", "svhn", "--version", "2", "--json", home=populated)
+    assert res.code == 0 and res.json()["removed_versions"] == [2]
+    assert [(r["name"], r["version"]) for r in mdl("list", "--json", home=populated).json()] == [("svhn", 1), ("dtd", 1)]
+    assert len(mdl("list", "--all", "--json", home=populated).json()) == 3
+
+
+def test_verify_reports_tampering_and_exits_1(mdl, populated):
+    assert mdl("verify", home=populated).code == 0
+    reg = Registry.open(populated)
+    path = populated / reg.domain_version("dtd").artifact.path
+    path.write_bytes(path.read_bytes()[:-4] + b"evil")
+    res = mdl("verify", "--json", home=populated)
+    assert res.code == 1
+    assert [p["status"] for p in res.json()["problems"]] == ["mismatch"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["show", "nope"], "unknown domain 'nope'"),
+    (["remove", "nope"], "unknown domain 'nope'"),
+    (["remove", "svhn", "--version", "9"], "has no version 9"),
+    (["remove", "svhn", "--version", "abc"], None),  # usage error: Click's message, exit 2
+    (["list", "--bogus"], None),
+    (["pretrain"], "not implemented yet"),
+])
+def test_error_paths_exit_nonzero_one_line_registry_unchanged(mdl, populated, args, message):
+    before = tree_digest(populated)
+    res = mdl(*args, home=populated)
+    if message is None:
+        assert res.code == 2
+    else:
+        assert res.code == 1
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], res.stderr
+        assert "Traceback" not in res.stderr and res.stdout == ""
+    assert tree_digest(populated) == before
+
+
+def test_uninitialised_home_and_bad_home(mdl, tmp_path):
+    missing = tmp_path / "missing"
+    res = mdl("list", home=missing)
+    assert res.code == 1 and "mdl init" in res.stderr and not missing.exists()
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    res = mdl("init", home=a_file)
+    assert res.code == 1 and "not a folder" in res.stderr and a_file.read_text() == "x"
+
+
+def test_mdl_home_env_is_the_default(mdl, tmp_path):
+    env_home = tmp_path / "from-env"
+    assert mdl("init", env={"MDL_HOME": str(env_home)}).code == 0
+    assert (env_home / "registry.db").is_file()
+
+
+def test_old_schema_is_refused_until_db_upgrade(mdl, home):
+    from registry import db
+
+    home.mkdir()
+    db.upgrade(Registry(home).engine, "0001")
+    before = tree_digest(home)
+    res = mdl("list", home=home)
+    assert res.code == 1 and "mdl db upgrade" in res.stderr
+    assert tree_digest(home) == before
+    assert mdl("db", "upgrade", home=home).code == 0
+    assert mdl("list", "--json", home=home).json() == []
+
+
+def test_traceback_only_with_debug(mdl, home):
+    res = mdl("show", "x", home=home, env={"MDL_DEBUG": "1"})
+    assert res.code == 1 and "Traceback" in res.stderr
+    json.dumps(res.stderr)  # stays text
