@@ -1,42 +1,196 @@
-"""Training workflows: pretrain, add-domain, gate-train, score, predict, demo."""
+"""Training workflows: pretrain, add-domain, gate-train, score, predict, demo. Each command parses its
+options, opens the registry and hands over to cli.jobs; heavy imports happen inside."""
 from __future__ import annotations
 
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
 import typer
+from rich.table import Table
 
-from cli._output import CliError, Home
+from cli._output import Home, Json, emit_json, info, out
+from cli.registry_cmds import open_registry, resolve_home, version_row, versions_table
 
 
-def _not_yet(command: str) -> None:
-    raise CliError(f"`mdl {command}` is not implemented yet", hint="it arrives with the end-to-end workflow issue")
+class Placement(str, Enum):
+    early = "early"
+    middle = "middle"
+    late = "late"
+    all = "all"
+
+
+class OnBadImage(str, Enum):
+    skip = "skip"
+    fail = "fail"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Split(str, Enum):
+    val = "val"
+    test = "test"
+
+
+Data = Annotated[str, typer.Option("--data", help="Decathlon folder, ImageFolder tree, or builtin:NAME.")]
+Epochs = Annotated[int, typer.Option("--epochs", min=1, help="Training epochs (lr decays x0.1 at 50% and 75%).")]
+Lr = Annotated[float, typer.Option("--lr", help="Initial SGD learning rate.")]
+BatchSize = Annotated[int, typer.Option("--batch-size", min=1)]
+DeviceOpt = Annotated[Device, typer.Option("--device", help="auto uses CUDA (bf16 autocast, channels_last) when present.")]
+Workers = Annotated[int, typer.Option("--workers", min=0, help="Data-loading worker processes.")]
+Seed = Annotated[int, typer.Option("--seed")]
+BadImage = Annotated[OnBadImage, typer.Option("--on-bad-image", help="Skip (and count) or fail on undecodable images.")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue the killed run with the same settings.")]
+
+
+def _train_options(epochs, lr, batch_size, device, workers, seed, on_bad_image, resume, wd=None):
+    from cli.jobs.train import TrainOptions
+
+    return TrainOptions(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=wd, device=device.value,
+                        workers=workers, seed=seed, on_bad_image=on_bad_image.value, resume=resume)
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
-    def pretrain(home: Home = None) -> None:
-        """Train the whole network on a source domain and register it as a trunk version."""
-        _not_yet("pretrain")
+    def pretrain(
+        data: Data,
+        arch: Annotated[str, typer.Option("--arch", help="Trunk architecture (resnet26_dw, resnet26).")] = "resnet26_dw",
+        name: Annotated[Optional[str], typer.Option("--name", help="Source domain name (default: from SRC).")] = None,
+        width: Annotated[float, typer.Option("--width", min=0.0625, help="Channel width multiplier.")] = 1.0,
+        image_size: Annotated[int, typer.Option("--image-size", min=8, help="Shorter side after resizing.")] = 72,
+        epochs: Epochs = 10, lr: Lr = 0.1, batch_size: BatchSize = 64,
+        wd: Annotated[float, typer.Option("--wd", min=0.0, help="Weight decay.")] = 1e-4,
+        device: DeviceOpt = Device.auto, workers: Workers = 0, seed: Seed = 0,
+        on_bad_image: BadImage = OnBadImage.fail, resume: Resume = False, home: Home = None, as_json: Json = False,
+    ) -> None:
+        """Train the whole network on a source domain; register it as a trunk version and as the first domain."""
+        from cli.jobs.train import pretrain as run
+
+        reg = open_registry(home)
+        trunk, version = run(reg, data, name=name, arch=arch, width=width, image_size=image_size,
+                             opts=_train_options(epochs, lr, batch_size, device, workers, seed, on_bad_image, resume, wd))
+        result = {"trunk": trunk.label, "num_params": trunk.num_params, "domain": version_row(version)}
+        if as_json:
+            emit_json(result)
+        else:
+            info(f"Registered trunk {trunk.label} ({trunk.num_params:,} parameters) and domain {version.name} "
+                 f"v{version.version}: {version.accuracy:.2f}% validation accuracy")
 
     @app.command("add-domain")
-    def add_domain(name: str, home: Home = None) -> None:
-        """Train and register a new version of domain NAME against the current trunk."""
-        _not_yet("add-domain")
+    def add_domain(
+        name: Annotated[str, typer.Argument(help="Domain name (lowercase letters, digits, '_' or '-').")],
+        data: Data,
+        method: Annotated[str, typer.Option("--method", help="Adapter type (see DESIGN: dw, dw-sharing, bn, ...).")] = "dw",
+        trunk: Annotated[Optional[str], typer.Option("--trunk", help="ARCH or ARCH:vN (default: newest compatible).")] = None,
+        epochs: Epochs = 10, lr: Lr = 0.1, batch_size: BatchSize = 64,
+        wd: Annotated[Optional[float], typer.Option("--wd", min=0.0, help="Weight decay (default: per dataset).")] = None,
+        device: DeviceOpt = Device.auto, workers: Workers = 0, seed: Seed = 0,
+        on_bad_image: BadImage = OnBadImage.fail, resume: Resume = False, home: Home = None, as_json: Json = False,
+    ) -> None:
+        """Train and register a new version of domain NAME against the frozen trunk."""
+        from cli.jobs.train import add_domain as run
+
+        reg = open_registry(home)
+        version = run(reg, name, data, method=method, trunk=trunk,
+                      opts=_train_options(epochs, lr, batch_size, device, workers, seed, on_bad_image, resume, wd))
+        if as_json:
+            emit_json(version_row(version))
+        else:
+            info(f"Registered {version.name} v{version.version} ({version.method}, {version.domain_params:,} own "
+                 f"parameters): {version.accuracy:.2f}% validation accuracy")
 
     @app.command("gate-train")
-    def gate_train(home: Home = None) -> None:
-        """Train the soft-sharing gates across the registered domains."""
-        _not_yet("gate-train")
+    def gate_train(
+        domain: Annotated[Optional[list[str]], typer.Option("--domain", help="Target domain (repeatable; default: all dw domains).")] = None,
+        placement: Annotated[Placement, typer.Option("--placement", help="Gated stages (paper Table 3).")] = Placement.all,
+        epochs: Epochs = 10, lr: Lr = 0.1, batch_size: BatchSize = 64,
+        device: DeviceOpt = Device.auto, workers: Workers = 0, seed: Seed = 0, home: Home = None, as_json: Json = False,
+    ) -> None:
+        """Train soft-sharing gates (filters frozen) and register them; report accuracy with and without."""
+        from cli.jobs.gates import GateOptions, gate_targets, train_gate
+
+        reg = open_registry(home)
+        opts = GateOptions(placement=placement.value, epochs=epochs, lr=lr, batch_size=batch_size,
+                           device=device.value, workers=workers, seed=seed)
+        targets = gate_targets(reg, domain)
+        gates = [train_gate(reg, t, opts) for t in targets]
+        rows = [{"name": g.target.name, "version": g.target.version, "gate": g.version, "placement": g.placement,
+                 "accuracy_with_gate": g.accuracy, "accuracy_without_gate": g.base_accuracy} for g in gates]
+        if as_json:
+            emit_json(rows)
+            return
+        table = Table(title="Soft-sharing gates (validation accuracy)", title_justify="left")
+        for col in ("domain", "gate", "placement", "without", "with", "gain"):
+            table.add_column(col, justify="left" if col in ("domain", "placement") else "right")
+        for r in rows:
+            gain = r["accuracy_with_gate"] - r["accuracy_without_gate"]
+            table.add_row(f"{r['name']} v{r['version']}", f"v{r['gate']}", r["placement"],
+                          f"{r['accuracy_without_gate']:.2f}", f"{r['accuracy_with_gate']:.2f}", f"{gain:+.2f}")
+        out.print(table)
 
     @app.command()
-    def score(home: Home = None) -> None:
-        """Per-domain accuracy and the Visual Decathlon total."""
-        _not_yet("score")
+    def score(
+        split: Annotated[Split, typer.Option("--split", help="Evaluate on val or test.")] = Split.val,
+        results: Annotated[Optional[Path], typer.Option("--results", help="Write the challenge's results.json here.")] = None,
+        device: DeviceOpt = Device.auto, workers: Workers = 0, home: Home = None, as_json: Json = False,
+    ) -> None:
+        """Per-domain accuracy and the Visual Decathlon total (official constants)."""
+        from cli.jobs.evaluate import score as run
+
+        report = run(open_registry(home), split=split.value, results=results, device=device.value, workers=workers)
+        if as_json:
+            emit_json(report)
+        else:
+            out.print(score_table(report))
 
     @app.command()
-    def predict(name: str, home: Home = None) -> None:
-        """Classify images with a registered domain."""
-        _not_yet("predict")
+    def predict(
+        name: Annotated[str, typer.Argument(help="Domain for the images (an IMAGE written other@path uses domain other).")],
+        images: Annotated[list[str], typer.Argument(help="Image files.")],
+        top_k: Annotated[int, typer.Option("--top-k", min=1)] = 5,
+        device: DeviceOpt = Device.auto, home: Home = None, as_json: Json = False,
+    ) -> None:
+        """Classify images with registered domains (several domains share one stacked pass)."""
+        from cli.jobs.evaluate import predict as run
+
+        rows = run(open_registry(home), name, images, top_k=top_k, device=device.value)
+        if as_json:
+            emit_json(rows)
+            return
+        for r in rows:
+            top = ", ".join(f"{t['class']} {100 * t['probability']:.1f}%" for t in r["top"])
+            out.print(f"{r['image']}  [{r['domain']} v{r['version']}]  {top}")
 
     @app.command()
-    def demo(home: Home = None) -> None:
-        """Run the whole workflow on the bundled mini-decathlon."""
-        _not_yet("demo")
+    def demo(
+        device: DeviceOpt = Device.auto, workers: Workers = 0,
+        home: Annotated[Optional[Path], typer.Option("--home", envvar="MDL_DEMO_HOME",
+                                                     help="Demo registry (default ~/.mdl/demo); a second run reuses it.")] = None,
+        as_json: Json = False,
+    ) -> None:
+        """The whole workflow on the bundled mini-decathlon, sized for a few minutes on 2 CPU cores."""
+        from cli.jobs.demo import run
+
+        report = run(resolve_home(home) if home else resolve_home(None) / "demo", device=device.value, workers=workers)
+        if as_json:
+            emit_json(report)
+        else:
+            out.print(score_table(report["score"]))
+            info(f"demo finished in {report['seconds']:.0f}s; registry at {report['home']} "
+                 f"(try `mdl list --home {report['home']}`)")
+
+
+def score_table(report: dict) -> Table:
+    table = Table(title=f"Decathlon score on {report['split']}: {report['total']:.0f}", title_justify="left")
+    for col in ("domain", "v", "method", "accuracy", "baseline", "score", "gate", "basis"):
+        table.add_column(col, justify="right" if col in ("v", "accuracy", "baseline", "score") else "left")
+    for r in report["domains"]:
+        table.add_row(r["name"], str(r["version"]), r["method"],
+                      "-" if r["accuracy"] is None else f"{r['accuracy']:.2f}",
+                      "-" if r["baseline"] is None else f"{r['baseline']:.2f}",
+                      "-" if r["score"] is None else f"{r['score']:.0f}", r["gate"] or "", r["score_basis"])
+    return table

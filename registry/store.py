@@ -26,7 +26,7 @@ from registry.models import Artifact, Domain, DomainVersion, Evaluation, Gate, T
 DB_NAME = "registry.db"
 LOCK_TIMEOUT_S = 120
 VERSION_RETRIES = 5
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 T = TypeVar("T")
 
@@ -34,7 +34,7 @@ T = TypeVar("T")
 def check_name(name: str) -> str:
     if not NAME_RE.match(name):
         raise RegistryError(
-            f"invalid domain name {name!r}: use 1-64 lowercase letters, digits, '.', '_' or '-'"
+            f"invalid domain name {name!r}: use 1-64 lowercase letters, digits, '_' or '-'"
         )
     return name
 

@@ -1,0 +1,117 @@
+"""`mdl score` and `mdl predict`: evaluate registered domains, write the challenge results file."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from cli._output import info
+from cli.jobs.common import NetworkLoader, open_data, open_version_data
+from cli.jobs.gates import gated_network
+from registry.store import DomainVersionRecord, Registry
+
+
+def score(reg: Registry, *, split: str = "val", results: Path | None = None, device: str = "auto",
+          workers: int = 0) -> dict[str, Any]:
+    """Accuracy of every current domain version (with its gate where the gate helped on validation),
+    recorded as evaluations, and the decathlon score of the lot."""
+    from mdl_core.data import make_loader
+    from mdl_core.scoring import score_domains
+    from mdl_core.training import DeviceSetup, predict_logits
+
+    if split not in ("val", "test"):
+        raise ValueError(f"unknown --split {split!r}: choose val or test")
+    versions = reg.current_versions()
+    if not versions:
+        raise ValueError(f"no domains registered in {reg.home}", )
+    dev = DeviceSetup.resolve(device)
+    loader = NetworkLoader(reg)
+    rows, accuracies, submission = [], {}, []
+    for v in versions:
+        dd = open_version_data(v)
+        if split not in dd.splits or len(dd.splits[split]) == 0:
+            raise ValueError(f"domain {v.name}: its data ({v.data['source']}) has no {split} split")
+        gate = reg.current_gate(v.id)
+        use_gate = gate is not None and gate.accuracy is not None and gate.base_accuracy is not None \
+            and gate.accuracy > gate.base_accuracy
+        net = gated_network(reg, gate, loader) if use_gate else loader.network(v.trunk, v.method, [v])
+        dev.prepare(net)
+        logits, labels = predict_logits(net, make_loader(dd, split, 256, train=False, workers=workers), dev,
+                                         domain=v.name, use_gate=use_gate)
+        predictions = logits.argmax(1)
+        labelled = labels >= 0
+        n = int(labelled.sum())
+        acc = 100.0 * (predictions[labelled] == labels[labelled]).float().mean().item() if n else math.nan
+        if n:
+            accuracies[v.name] = acc
+            reg.add_evaluation(domain_version_id=v.id, split=split, accuracy=acc, num_samples=n,
+                               gate_id=gate.id if use_gate else None)
+        if results is not None:
+            submission += _results_entries(v, dd, split, predictions)
+        rows.append({"name": v.name, "version": v.version, "method": v.method, "accuracy": acc if n else None,
+                     "gate": (f"{gate.placement} (v{gate.version})" if use_gate else
+                              "not used: no gain on val" if gate is not None else None),
+                     "num_samples": n})
+    references = {v.name: v.reference_accuracy for v in versions if v.reference_accuracy is not None}
+    total, scored = score_domains(accuracies, references)
+    by_name = {d.name: d for d in scored}
+    for row in rows:
+        d = by_name.get(row["name"])
+        row["score"] = d.score if d else None
+        row["baseline"] = d.baseline if d else None
+        row["score_basis"] = d.reason if d else "no labels in this split"
+    if results is not None:
+        Path(results).write_text(json.dumps(submission))
+        info(f"Wrote {len(submission)} predictions to {results}")
+    return {"split": split, "total": total, "domains": rows}
+
+
+def _results_entries(v: DomainVersionRecord, dd, split: str, predictions) -> list[dict[str, int]]:
+    """The challenge's results.json rows: {image_id, category_id} with official category ids."""
+    category_ids = v.data.get("category_ids") or dd.category_ids
+    if not category_ids:
+        raise ValueError(f"domain {v.name} has no official category ids; cannot write a results file for it")
+    ids = dd.image_ids[split]
+    return [{"image_id": int(i), "category_id": int(category_ids[int(p)])} for i, p in zip(ids, predictions)]
+
+
+def predict(reg: Registry, default_domain: str, images: list[str], *, top_k: int = 5,
+            device: str = "auto") -> list[dict[str, Any]]:
+    """Classify image files. An IMAGE written `domain@path` uses that domain; every image of every
+    domain goes through one network in one (stacked, for dw) pass."""
+    import torch
+
+    from mdl_core.data import load_images
+    from mdl_core.training import DeviceSetup
+
+    pairs = [(img.split("@", 1) if "@" in img and not Path(img).exists() else (default_domain, img)) for img in images]
+    names = list(dict.fromkeys(name for name, _ in pairs))
+    versions = {name: reg.domain_version(name) for name in names}
+    trunks = {v.trunk.id for v in versions.values()}
+    methods = {v.method for v in versions.values()}
+    if len(trunks) > 1 or len(methods) > 1:
+        raise ValueError("images for domains on different trunks or methods cannot share one pass; run them separately")
+    for _, path in pairs:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"image not found: {path}")
+    first = next(iter(versions.values()))
+    net = NetworkLoader(reg).network(first.trunk, first.method, versions.values())
+    batches = []
+    for name, path in pairs:
+        d = versions[name].data
+        batches.append(load_images([path], {"mean": d["mean"], "std": d["std"], "image_size": d["image_size"],
+                                            "crop": d["crop"]}))
+    dev = DeviceSetup.resolve(device)
+    dev.prepare(net).eval()
+    with torch.no_grad(), dev.autocast():
+        logits = net(dev.batch(torch.cat(batches)), domain=[name for name, _ in pairs]).float().cpu()
+    out = []
+    for (name, path), row in zip(pairs, logits):
+        v = versions[name]
+        probs = row[: v.num_classes].softmax(0)
+        top = probs.topk(min(top_k, v.num_classes))
+        out.append({"image": path, "domain": name, "version": v.version,
+                    "top": [{"class": str(v.classes[i]), "index": int(i), "probability": round(float(p), 4)}
+                            for p, i in zip(top.values, top.indices)]})
+    return out

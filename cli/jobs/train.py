@@ -1,0 +1,164 @@
+"""`mdl pretrain` and `mdl add-domain`: train, keep the best validation epoch, register."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from cli._output import info
+from cli.jobs.common import (SOURCE_METHOD, NetworkLoader, data_record, loaders, open_data, pick_trunk, progress,
+                             run_key)
+from registry.store import DomainVersionRecord, Registry, TrunkRecord, check_name
+
+
+BN_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")  # buffers, not parameters
+
+
+@dataclass
+class TrainOptions:
+    epochs: int
+    lr: float = 0.1
+    batch_size: int = 64
+    weight_decay: float | None = None  # None: the recipe's default for the domain
+    device: str = "auto"
+    workers: int = 0
+    seed: int = 0
+    on_bad_image: str = "fail"
+    resume: bool = False
+
+
+def _recipe(opts: TrainOptions, weight_decay: float):
+    from mdl_core.recipes import Recipe
+
+    return Recipe(epochs=opts.epochs, lr=opts.lr, batch_size=opts.batch_size, weight_decay=weight_decay,
+                  seed=opts.seed)
+
+
+def _test_accuracy(net, dd, opts, dev, **forward_kw) -> float | None:
+    from mdl_core.data import make_loader
+    from mdl_core.training import accuracy
+
+    if "test" not in dd.splits or len(dd.splits["test"]) == 0:
+        return None
+    acc, n = accuracy(net, make_loader(dd, "test", 256, train=False, workers=opts.workers), dev, **forward_kw)
+    return None if n == 0 or math.isnan(acc) else acc
+
+
+def _fit(reg: Registry, net, name: str, params, dd, opts: TrainOptions, recipe, key: dict, *, snapshot, restore,
+         train_mode, forward_kw):
+    import torch
+
+    from mdl_core.training import Checkpoint, DeviceSetup, fit
+
+    dev = DeviceSetup.resolve(opts.device)
+    dev.prepare(net)
+    train_loader, val_loader = loaders(dd, recipe.batch_size, opts.workers, opts.seed)
+    digest, key = run_key(**key)
+    checkpoint = Checkpoint(reg.home / "runs" / f"{key['job']}-{name}-{digest}", key)
+    if not opts.resume and checkpoint.exists():
+        info(f"[yellow]note:[/] an unfinished run with these settings exists; starting over (use --resume to continue it)")
+    torch.manual_seed(opts.seed)
+    with progress() as bar:
+        result = fit(net, params, train_loader, val_loader, recipe, dev, snapshot=snapshot, restore=restore,
+                     forward_kw=forward_kw, checkpoint=checkpoint, resume=opts.resume, progress=bar,
+                     train_mode=train_mode)
+    return result, dev, checkpoint
+
+
+def pretrain(reg: Registry, src: str, *, name: str | None, arch: str, width: float, image_size: int,
+             opts: TrainOptions) -> tuple[TrunkRecord, DomainVersionRecord]:
+    """Train the whole network on the source domain; register the trunk and the source as its first domain."""
+    import torch
+
+    from mdl_core import create_network
+
+    name = check_name(name or default_name(src))
+    method = SOURCE_METHOD.get(arch, "finetune")
+    dd = open_data(src, name, image_size=image_size, on_bad_image=opts.on_bad_image, seed=opts.seed)
+    torch.manual_seed(opts.seed)
+    net = create_network(arch, method="finetune", domains={name: dd.num_classes}, width=width)
+
+    def params():
+        return [p.requires_grad_(True) for p in net.parameters()]
+    recipe = _recipe(opts, opts.weight_decay if opts.weight_decay is not None else 1e-4)
+    key = {"job": "pretrain", "src": data_record(dd, src, opts.seed)["fingerprint"], "arch": arch, "width": width,
+           "image_size": image_size, "recipe": recipe.to_dict()}
+    info(f"Pretraining {arch} (width {width:g}) on {name}: {dd.num_classes} classes, "
+         f"{len(dd.splits['train'])} train / {len(dd.splits['val'])} val images at {image_size}px")
+    result, dev, checkpoint = _fit(
+        reg, net, name, params, dd, opts, recipe, key,
+        snapshot=lambda: {k: v for k, v in net.state_dict().items()},
+        restore=lambda t: net.load_state_dict(t), train_mode=net.train, forward_kw={"domain": name})
+    test_acc = _test_accuracy(net, dd, opts, dev, domain=name)
+    net.cpu()
+    trunk_tensors = net.trunk_state_dict(name)
+    head = {k: v for k, v in net.domain_state_dict(name).items() if k.startswith("head.")}
+    trunk_params = sum(v.numel() for k, v in trunk_tensors.items() if not k.endswith(BN_STATISTICS))
+    config = {"image_size": dd.image_size, "crop": dd.crop, "recipe": recipe.to_dict(), "history": result.history,
+              "best_epoch": result.best_epoch, "val_accuracy": result.best_accuracy, "device": str(dev.device),
+              "train_images_per_s": result.images_per_s, "data": data_record(dd, src, opts.seed)}
+    trunk = reg.add_trunk(arch=arch, width=width, source=name, num_params=trunk_params,
+                          config=config, tensors=trunk_tensors)
+
+    # The source domain, re-expressed as the trunk's own adapter (its per-domain tensors plus the head).
+    loader = NetworkLoader(reg)
+    src_net = loader.network(trunk, method)
+    src_net.add_domain(name, dd.num_classes)
+    src_net.load_domain_state_dict(name, src_net.domain_state_dict(name) | head)
+    version = reg.add_domain_version(
+        name=name, method=method, num_classes=dd.num_classes, domain_params=src_net.parameter_counts()["domains"][name],
+        accuracy=result.best_accuracy, trunk_id=trunk.id, classes=list(dd.classes), data=data_record(dd, src, opts.seed),
+        config={"recipe": recipe.to_dict(), "history": result.history, "best_epoch": result.best_epoch,
+                "role": "trunk source", "test_accuracy": test_acc},
+        tensors=src_net.domain_state_dict(name))
+    checkpoint.discard()
+    return trunk, version
+
+
+def add_domain(reg: Registry, name: str, src: str, *, method: str, trunk: str | None,
+               opts: TrainOptions) -> DomainVersionRecord:
+    """Train `name`'s own tensors against the frozen trunk and register them as a new version."""
+    from mdl_core.recipes import default_weight_decay
+
+    check_name(name)
+    trunk_rec = pick_trunk(reg, method, trunk)
+    dd = open_data(src, name, image_size=trunk_rec.config["image_size"], on_bad_image=opts.on_bad_image,
+                   seed=opts.seed)
+    import torch
+
+    torch.manual_seed(opts.seed)  # the new head's initialisation
+    net = NetworkLoader(reg).network(trunk_rec, method)
+    net.add_domain(name, dd.num_classes)
+    wd = opts.weight_decay if opts.weight_decay is not None else default_weight_decay(name, len(dd.splits["train"]))
+    recipe = _recipe(opts, wd)
+    record = data_record(dd, src, opts.seed)
+    key = {"job": "add-domain", "name": name, "method": method, "trunk": trunk_rec.id, "data": record["fingerprint"],
+           "recipe": recipe.to_dict()}
+    info(f"Adding {name} ({method}) on trunk {trunk_rec.label}: {dd.num_classes} classes, "
+         f"{len(dd.splits['train'])} train / {len(dd.splits['val'])} val images, wd {wd:g}")
+    result, dev, checkpoint = _fit(
+        reg, net, name, lambda: net.set_trainable(name), dd, opts, recipe, key,
+        snapshot=lambda: net.domain_state_dict(name),
+        restore=lambda t: net.load_domain_state_dict(name, t),
+        train_mode=lambda: net.train_domain(name), forward_kw={"domain": name})
+    test_acc = _test_accuracy(net, dd, opts, dev, domain=name)
+    net.cpu()
+    version = reg.add_domain_version(
+        name=name, method=method, num_classes=dd.num_classes, domain_params=net.parameter_counts()["domains"][name],
+        accuracy=result.best_accuracy, trunk_id=trunk_rec.id, classes=list(dd.classes), data=record,
+        config={"recipe": recipe.to_dict(), "history": result.history, "best_epoch": result.best_epoch,
+                "test_accuracy": test_acc, "train_images_per_s": result.images_per_s, "device": str(dev.device),
+                "resumed_from_epoch": result.resumed_from},
+        tensors=net.domain_state_dict(name),
+        # An individually fine-tuned network is what the official decathlon baselines are: record it as the
+        # domain's reference so `mdl score` can score custom domains.
+        reference_accuracy=result.best_accuracy if method == "finetune" else None)
+    checkpoint.discard()
+    return version
+
+
+def default_name(src: str) -> str:
+    from pathlib import Path
+
+    if src.startswith("builtin:"):
+        return src.split(":", 1)[1]
+    return Path(src).expanduser().resolve().name.lower().replace(".", "-")

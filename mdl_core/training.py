@@ -1,0 +1,240 @@
+"""One training loop for every job (pretraining, a domain's adapter, a gate), with per-epoch
+checkpoints that a killed run resumes from, best-validation-epoch selection, and device handling.
+
+What is trained and what counts as "the result" differ per job, so the caller passes:
+`params` (the tensors the optimiser may change), `snapshot()` (the result's tensors as a flat dict,
+e.g. the domain's state dict) and `restore(tensors)`. Checkpoints hold only safetensors + JSON.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mdl_core.recipes import Recipe
+
+Tensors = dict[str, torch.Tensor]
+
+
+# --- devices ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeviceSetup:
+    """Where to run, and the CUDA-only speed-ups (bf16 autocast, channels_last)."""
+
+    device: torch.device
+    amp: bool
+    channels_last: bool
+
+    @classmethod
+    def resolve(cls, name: str = "auto") -> "DeviceSetup":
+        if name not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"unknown --device {name!r}: choose auto, cpu or cuda")
+        if name == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda asked for, but no CUDA device is available")
+        cuda = name == "cuda" or (name == "auto" and torch.cuda.is_available())
+        return cls(torch.device("cuda" if cuda else "cpu"), amp=cuda, channels_last=cuda)
+
+    def autocast(self):
+        if self.amp:
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def prepare(self, net: nn.Module) -> nn.Module:
+        net.to(self.device)
+        if self.channels_last:
+            net.to(memory_format=torch.channels_last)
+        return net
+
+    def batch(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
+# --- evaluation ------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def predict_logits(net: nn.Module, loader: Iterable, dev: DeviceSetup, **forward_kw) -> tuple[torch.Tensor, torch.Tensor]:
+    """All logits and labels of a loader, in loader order (eval mode)."""
+    was_training = net.training
+    net.eval()
+    logits, labels = [], []
+    try:
+        for x, y in loader:
+            with dev.autocast():
+                out = net(dev.batch(x), **forward_kw)
+            logits.append(out.float().cpu())
+            labels.append(torch.as_tensor(y))
+    finally:
+        net.train(was_training)
+    if not logits:
+        return torch.empty(0, 0), torch.empty(0, dtype=torch.long)
+    return torch.cat(logits), torch.cat(labels)
+
+
+def accuracy(net: nn.Module, loader: Iterable, dev: DeviceSetup, **forward_kw) -> tuple[float, int]:
+    """Top-1 accuracy in percent over the labelled samples, and how many there were."""
+    logits, labels = predict_logits(net, loader, dev, **forward_kw)
+    labelled = labels >= 0
+    n = int(labelled.sum())
+    if n == 0:
+        return float("nan"), 0
+    correct = (logits[labelled].argmax(1) == labels[labelled]).sum().item()
+    return 100.0 * correct / n, n
+
+
+# --- checkpoints -----------------------------------------------------------------------------------
+
+
+class Checkpoint:
+    """A run folder: `state.json` (epoch, best, history, run key) + `tensors.safetensors` (current and
+    best result tensors, optimiser momentum, RNG). Replaced atomically after every epoch."""
+
+    def __init__(self, folder: Path, key: dict):
+        self.folder = Path(folder)
+        self.key = key
+
+    def exists(self) -> bool:
+        return (self.folder / "state.json").is_file() and (self.folder / "tensors.safetensors").is_file()
+
+    def save(self, state: dict, tensors: Tensors) -> None:
+        from safetensors.torch import save_file
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp_t, tmp_s = self.folder / ".tensors.tmp", self.folder / ".state.tmp"
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp_t))
+        tmp_s.write_text(json.dumps({**state, "key": self.key}))
+        for tmp in (tmp_t, tmp_s):
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+        os.replace(tmp_t, self.folder / "tensors.safetensors")  # tensors first: state.json points at them
+        os.replace(tmp_s, self.folder / "state.json")
+
+    def load(self) -> tuple[dict, Tensors]:
+        from safetensors.torch import load_file
+
+        state = json.loads((self.folder / "state.json").read_text())
+        if state.get("key") != self.key:
+            raise ValueError(f"checkpoint in {self.folder} belongs to a run with different settings; "
+                             "rerun without --resume to start over")
+        return state, load_file(str(self.folder / "tensors.safetensors"))
+
+    def discard(self) -> None:
+        for name in ("state.json", "tensors.safetensors", ".tensors.tmp", ".state.tmp"):
+            (self.folder / name).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.folder.rmdir()
+
+
+# --- the loop --------------------------------------------------------------------------------------
+
+
+@dataclass
+class FitResult:
+    best_accuracy: float
+    best_epoch: int
+    history: list[dict] = field(default_factory=list)
+    images_per_s: float = 0.0
+    resumed_from: int = 0
+
+
+EpochCallback = Callable[[dict], None]
+
+
+def fit(
+    net: nn.Module,
+    params: Callable[[], list[nn.Parameter]],
+    train_loader: Iterable,
+    val_loader: Iterable,
+    recipe: Recipe,
+    dev: DeviceSetup,
+    *,
+    snapshot: Callable[[], Tensors],
+    restore: Callable[[Tensors], None],
+    forward_kw: dict | None = None,
+    checkpoint: Checkpoint | None = None,
+    resume: bool = False,
+    progress=None,
+    train_mode: Callable[[], None] | None = None,
+) -> FitResult:
+    """Train `params()` for `recipe.epochs`, evaluate on `val_loader` after each epoch, restore the best
+    epoch's tensors at the end. With `resume`, continue from `checkpoint` (bit-for-bit state)."""
+    forward_kw = forward_kw or {}
+    start, best_acc, best_epoch, history, best, tensors = 0, -1.0, 0, [], None, {}
+    if resume:
+        if checkpoint is None or not checkpoint.exists():
+            raise ValueError("nothing to resume: no checkpoint of an unfinished run with these settings")
+        state, tensors = checkpoint.load()
+        start, best_acc, best_epoch, history = state["epoch"], state["best_accuracy"], state["best_epoch"], state["history"]
+        restore({k[4:]: v for k, v in tensors.items() if k.startswith("cur/")})
+        best = {k[5:]: v for k, v in tensors.items() if k.startswith("best/")}
+    params = params()  # asked for after a restore, which may have replaced the tensors
+    opt = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+    if resume:
+        for i, p in enumerate(params):
+            if f"opt/{i}" in tensors:
+                opt.state[p]["momentum_buffer"] = tensors[f"opt/{i}"].to(p.device)
+        torch.set_rng_state(tensors["rng/torch"])
+
+    seen, train_time = 0, 0.0
+    task = progress.add_task("train", total=recipe.epochs * _len(train_loader), completed=start * _len(train_loader)) if progress else None
+    for epoch in range(start, recipe.epochs):
+        for group in opt.param_groups:
+            group["lr"] = recipe.lr_at(epoch)
+        generator = getattr(train_loader, "generator", None)
+        if generator is not None:  # the epoch's shuffle depends on (seed, epoch) only, so a resumed run matches
+            generator.manual_seed(recipe.seed * 100_003 + epoch)
+        (train_mode or net.train)()
+        loss_sum, correct, count, t0 = 0.0, 0, 0, time.perf_counter()
+        for x, y in train_loader:
+            x, y = dev.batch(x), y.to(dev.device)
+            with dev.autocast():
+                logits = net(x, **forward_kw)
+                loss = F.cross_entropy(logits.float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            count += len(y)
+            if progress:
+                rate = (seen + count) / max(train_time + time.perf_counter() - t0, 1e-9)
+                progress.update(task, advance=1, description=(
+                    f"epoch {epoch + 1}/{recipe.epochs} loss {loss_sum / count:.3f} "
+                    f"acc {100 * correct / count:.1f} {rate:.0f} img/s"))
+        train_time += time.perf_counter() - t0
+        seen += count
+        val_acc, _ = accuracy(net, val_loader, dev, **forward_kw)
+        history.append({"epoch": epoch + 1, "lr": recipe.lr_at(epoch), "train_loss": loss_sum / max(count, 1),
+                        "train_accuracy": 100.0 * correct / max(count, 1), "val_accuracy": val_acc})
+        current = snapshot()
+        if val_acc > best_acc:
+            best_acc, best_epoch, best = val_acc, epoch + 1, {k: v.detach().clone() for k, v in current.items()}
+        if checkpoint is not None:
+            tensors = {f"cur/{k}": v for k, v in current.items()}
+            tensors |= {f"best/{k}": v for k, v in best.items()}
+            tensors |= {f"opt/{i}": opt.state[p]["momentum_buffer"] for i, p in enumerate(params)
+                        if "momentum_buffer" in opt.state.get(p, {})}
+            tensors["rng/torch"] = torch.get_rng_state()
+            checkpoint.save({"epoch": epoch + 1, "best_accuracy": best_acc, "best_epoch": best_epoch,
+                             "history": history}, tensors)
+    if best is not None:
+        restore(best)
+    return FitResult(best_acc, best_epoch, history, seen / train_time if train_time else 0.0, start)
+
+
+def _len(loader) -> int:
+    try:
+        return len(loader)
+    except TypeError:
+        return 0

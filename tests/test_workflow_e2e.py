@@ -1,0 +1,162 @@
+"""The user's chain through the real `mdl` process at toy size: pretrain, add domains, re-add (v2),
+gates, score, predict; a killed add-domain registers nothing and --resume finishes it; bad input
+exits 1 with one line and leaves the registry byte-identical."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import run_mdl, tree_digest
+from PIL import Image
+
+TOY = ["--width", "0.25", "--image-size", "16", "--batch-size", "32", "--device", "cpu"]
+TRAIN = ["--batch-size", "32", "--device", "cpu"]
+
+
+def make_tree(root: Path, classes: int, per_class: int, seed: int, size: int = 20) -> Path:
+    """An ImageFolder tree whose classes differ in colour and stripe frequency, plus noise."""
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        folder = root / f"class_{c:02d}"
+        folder.mkdir(parents=True)
+        colour = rng.integers(40, 215, size=3)
+        for i in range(per_class):
+            x = np.arange(size)
+            stripes = (np.sin(x * (c + 1) * 0.6 + rng.uniform(0, 6))[None, :, None] * 40)
+            img = colour[None, None, :] + stripes + rng.normal(0, 25, size=(size, size, 3))
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(folder / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def trees(tmp_path_factory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("data")
+    return {"src": make_tree(base / "src", 6, 40, seed=1), "alpha": make_tree(base / "alpha", 3, 40, seed=2),
+            "beta": make_tree(base / "beta", 4, 30, seed=3)}
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory, trees) -> Path:
+    """A registry with a pretrained trunk, alpha (v1, v2), beta, gates."""
+    home = tmp_path_factory.mktemp("chain") / "home"
+    env = {"MDL_CACHE": str(home.parent / "cache")}
+    assert run_mdl("init", home=home, env=env).code == 0
+    steps = [
+        ["pretrain", "--data", str(trees["src"]), "--name", "src", "--epochs", "1", *TOY],
+        ["add-domain", "alpha", "--data", str(trees["alpha"]), "--epochs", "1", *TRAIN],
+        ["add-domain", "beta", "--data", str(trees["beta"]), "--epochs", "1", *TRAIN],
+        ["add-domain", "alpha", "--data", str(trees["alpha"]), "--epochs", "2", *TRAIN],
+        ["gate-train", "--domain", "alpha", "--placement", "late", "--epochs", "1", *TRAIN],
+    ]
+    for step in steps:
+        res = run_mdl(*step, home=home, env=env)
+        assert res.code == 0, (step, res.stderr)
+    return home
+
+
+def test_list_shows_versions_and_params(chain):
+    rows = {r["name"]: r for r in run_mdl("list", "--json", home=chain).json()}
+    assert set(rows) == {"src", "alpha", "beta"}
+    assert rows["alpha"]["version"] == 2 and rows["beta"]["version"] == 1
+    assert rows["alpha"]["method"] == "dw" and rows["alpha"]["num_classes"] == 3
+    assert 0 < rows["alpha"]["domain_params"] and 0 <= rows["alpha"]["accuracy"] <= 100
+    shown = run_mdl("show", "alpha", "--json", home=chain).json()
+    assert [v["version"] for v in shown["versions"]] == [1, 2]
+    assert shown["versions"][1]["gate"]["placement"] == "late"
+    assert len(shown["versions"][1]["config"]["history"]) == 2
+
+
+def test_score_json(chain):
+    res = run_mdl("score", "--json", "--device", "cpu", home=chain)
+    assert res.code == 0, res.stderr
+    report = res.json()
+    assert {d["name"] for d in report["domains"]} == {"src", "alpha", "beta"}
+    for d in report["domains"]:
+        assert 0 <= d["accuracy"] <= 100
+        assert d["score"] is None and "no reference" in d["score_basis"]  # custom domains, no finetune run yet
+    assert report["total"] == 0
+
+
+def test_predict_single_and_mixed(chain, trees):
+    img_a = str(next((trees["alpha"] / "class_01").glob("*.png")))
+    img_b = str(next((trees["beta"] / "class_02").glob("*.png")))
+    res = run_mdl("predict", "alpha", img_a, f"beta@{img_b}", "--top-k", "2", "--json", "--device", "cpu", home=chain)
+    assert res.code == 0, res.stderr
+    rows = res.json()
+    assert [r["domain"] for r in rows] == ["alpha", "beta"]
+    assert all(len(r["top"]) == 2 and r["top"][0]["probability"] >= r["top"][1]["probability"] for r in rows)
+    assert rows[0]["top"][0]["class"].startswith("class_")
+
+
+def test_finetune_run_becomes_reference_for_score(chain, trees):
+    res = run_mdl("add-domain", "beta", "--data", str(trees["beta"]), "--method", "finetune", "--epochs", "1",
+                  *TRAIN, home=chain)
+    assert res.code == 0, res.stderr
+    report = run_mdl("score", "--json", "--device", "cpu", home=chain).json()
+    beta = next(d for d in report["domains"] if d["name"] == "beta")
+    assert beta["method"] == "finetune" and beta["score_basis"] == "recorded reference"
+    assert beta["score"] is not None and report["total"] == pytest.approx(beta["score"])
+
+
+def test_killed_add_domain_registers_nothing_and_resume_finishes(tmp_path, trees, chain):
+    home = tmp_path / "home"
+    subprocess.run(["cp", "-r", str(chain), str(home)], check=True)
+    before = run_mdl("list", "--json", home=home).json()
+    args = [sys.executable, "-m", "cli", "add-domain", "gamma", "--data", str(trees["src"]), "--epochs", "8",
+            "--batch-size", "16", "--device", "cpu", "--home", str(home)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 300
+    state = None
+    while time.time() < deadline and proc.poll() is None:
+        states = list((home / "runs").glob("add-domain-gamma-*/state.json"))
+        if states and json.loads(states[0].read_text())["epoch"] >= 1:
+            state = states[0]
+            break
+        time.sleep(0.05)
+    assert state is not None, "no checkpoint appeared"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert run_mdl("list", "--json", home=home).json() == before  # nothing registered
+    res = run_mdl("add-domain", "gamma", "--data", str(trees["src"]), "--epochs", "8", "--batch-size", "16",
+                  "--device", "cpu", "--resume", "--json", home=home)
+    assert res.code == 0, res.stderr
+    shown = run_mdl("show", "gamma", "--json", home=home).json()["versions"]
+    assert len(shown) == 1 and shown[0]["config"]["resumed_from_epoch"] >= 1
+    assert len(shown[0]["config"]["history"]) == 8
+    assert not any((home / "runs").glob("add-domain-gamma-*/state.json"))  # run folder cleaned up
+
+
+@pytest.mark.parametrize("args, message", [
+    (["add-domain", "x", "--data", "/no/such/folder", "--epochs", "1"], "/no/such/folder"),
+    (["add-domain", "x", "--data", "{alpha}", "--method", "nope", "--epochs", "1"], "unknown method"),
+    (["add-domain", "Bad Name", "--data", "{alpha}", "--epochs", "1"], "invalid domain name"),
+    (["add-domain", "x", "--data", "{alpha}", "--trunk", "resnet26", "--epochs", "1"], "no trunk resnet26"),
+    (["add-domain", "x", "--data", "{alpha}", "--epochs", "1", "--resume", "--device", "cpu"], "nothing to resume"),
+    (["pretrain", "--data", "{alpha}", "--arch", "vgg", "--epochs", "1"], "vgg"),
+    (["predict", "nope", "{image}"], "unknown domain 'nope'"),
+    (["predict", "alpha", "/no/such.png"], "not found"),
+    (["gate-train", "--domain", "nope"], "unknown domain 'nope'"),
+    (["show", "nope"], "unknown domain"),
+])
+def test_bad_input_one_line_exit_1_registry_unchanged(chain, trees, args, message):
+    image = str(next((trees["alpha"] / "class_00").glob("*.png")))
+    args = [a.format(alpha=trees["alpha"], image=image) for a in args]
+    before = tree_digest(chain)
+    res = run_mdl(*args, home=chain)
+    lines = res.stderr.strip().splitlines()
+    assert res.code == 1 and len(lines) == 1 and message in lines[0] and "Traceback" not in res.stderr, res.stderr
+    assert tree_digest(chain) == before
+
+
+def test_usage_errors_exit_2(chain):
+    before = tree_digest(chain)
+    assert run_mdl("add-domain", "x", "--data", "y", "--epochs", "0", home=chain).code == 2
+    assert run_mdl("gate-train", "--placement", "sideways", home=chain).code == 2
+    assert tree_digest(chain) == before
