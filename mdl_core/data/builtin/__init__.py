@@ -6,6 +6,7 @@ allow_pickle=False) plus a JSON index with labels, splits, classes and the array
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -32,7 +33,7 @@ class BuiltinSpec:
     @property
     def prefix(self) -> int:
         """Decathlon-style category-id prefix: position in alphabetical order, 1-based (like the official one)."""
-        return sorted(BUILTINS).index(self.name) + 1
+        return sorted(registry()).index(self.name) + 1
 
 
 def _specs() -> dict[str, BuiltinSpec]:
@@ -51,48 +52,23 @@ def _specs() -> dict[str, BuiltinSpec]:
     return {n: BuiltinSpec(n, g, f, a) for n, g, f, a in table}
 
 
-class _Lazy(dict):
-    def _fill(self):
-        if not dict.__len__(self):
-            dict.update(self, _specs())
+@functools.lru_cache(maxsize=None)
+def registry() -> dict[str, BuiltinSpec]:
+    """name -> BuiltinSpec, the pretraining source first."""
+    return _specs()
 
-    def __getitem__(self, k):
-        self._fill()
-        return dict.__getitem__(self, k)
-
-    def __iter__(self):
-        self._fill()
-        return dict.__iter__(self)
-
-    def __len__(self):
-        self._fill()
-        return dict.__len__(self)
-
-    def __contains__(self, k):
-        self._fill()
-        return dict.__contains__(self, k)
-
-    def keys(self):
-        self._fill()
-        return dict.keys(self)
-
-    def items(self):
-        self._fill()
-        return dict.items(self)
-
-
-BUILTINS: dict[str, BuiltinSpec] = _Lazy()
 
 
 def list_builtin() -> list[str]:
     """Builtin domain names; the pretraining source first."""
-    return list(BUILTINS)
+    return list(registry())
 
 
 def get_spec(name: str) -> BuiltinSpec:
-    if name not in BUILTINS:
-        raise DataError(f"unknown builtin domain {name!r} (builtin domains: {', '.join(BUILTINS)})")
-    return BUILTINS[name]
+    reg = registry()
+    if name not in reg:
+        raise DataError(f"unknown builtin domain {name!r} (builtin domains: {', '.join(reg)})")
+    return reg[name]
 
 
 def cache_dir() -> Path:
