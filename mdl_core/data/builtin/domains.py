@@ -103,8 +103,9 @@ def gen_digits(rng, scale=1.0):
             bg = clutter(rng, n_strokes=(1, 4), strength=0.5)
         img = compose(bg, m, contrasting(rng, paper, 70))
         out.append(finish(img, rng, noise=(3, 18), blur=(0, 1.0)))
-        k = seen[c] / totals[c]
-        split.append(0 if k < 0.6 else (1 if k < 0.8 else 2))
+        n_hold = max(1, int(round(0.2 * totals[c])))  # val and test: 20% each, at least one
+        k = seen[c]
+        split.append(0 if k < totals[c] - 2 * n_hold else (1 if k < totals[c] - n_hold else 2))
         seen[c] += 1
         labels.append(c)
     return np.stack(out), np.asarray(labels, np.int64), np.asarray(split, np.int8), [str(d) for d in range(10)]
