@@ -1,0 +1,160 @@
+"""Benchmark preprocessing with torchvision transforms v2 and torchvision image decoding.
+
+Images are decoded once, converted to RGB (grayscale / RGBA / palette handled by torchvision), and
+resized so the shorter side is `image_size` (the decathlon's 72 px; the CPU demo uses 32). What stays
+in memory is uint8; per batch we apply
+  training   : random `crop` crop + horizontal flip       (domains with flip=True)
+               centre `crop` crop, no flip, no jitter      (digits, characters, signs: flip=False)
+  evaluation : centre `crop` crop
+and then float conversion + per-domain mean/std normalisation.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torchvision.io import ImageReadMode, decode_image
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+from mdl_core.data.errors import DataError
+
+# Decathlon domains whose meaning changes under a mirror (and which get no crop jitter either).
+NO_FLIP_DOMAINS = frozenset({"gtsrb", "omniglot", "svhn"})
+
+
+def default_crop(image_size: int) -> int:
+    """72 -> 64 as in the benchmark; 32 -> 28."""
+    return int(round(image_size * 64 / 72))
+
+
+def decode_rgb(path: str | Path) -> tuple[torch.Tensor, int]:
+    """Decode an image file to a uint8 RGB tensor [3,H,W]; also return the channel count it had
+    (1 grayscale, 2 grayscale+alpha, 3 RGB, 4 RGBA). Raises DataError naming the path on failure."""
+    path = Path(path)
+    try:
+        data = _read_bytes(path)
+        img = decode_image(data, mode=ImageReadMode.UNCHANGED)
+        channels = int(img.shape[0])
+        if channels != 3:  # let torchvision do the grayscale/alpha -> RGB conversion
+            img = decode_image(data, mode=ImageReadMode.RGB)
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - anything the decoders throw means "not an image we can read"
+        img, channels = _decode_with_pillow(path, exc)
+    if img.ndim != 3 or img.shape[0] != 3 or img.shape[1] < 1 or img.shape[2] < 1:
+        raise DataError(f"cannot decode image {path}: unexpected shape {tuple(img.shape)}")
+    return img, channels
+
+
+def _read_bytes(path: Path) -> torch.Tensor:
+    from torchvision.io import read_file
+
+    if not path.is_file():
+        raise DataError(f"image file not found: {path}")
+    return read_file(str(path))
+
+
+def _decode_with_pillow(path: Path, first_exc: BaseException) -> tuple[torch.Tensor, int]:
+    """Formats torchvision's decoders don't cover (BMP, TIFF): Pillow, then torchvision's to-tensor."""
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            bands = len(im.getbands())
+            img = F.pil_to_tensor(im.convert("RGB"))
+        return img, bands
+    except Exception:  # noqa: BLE001
+        msg = str(first_exc).splitlines()[0] if str(first_exc) else type(first_exc).__name__
+        raise DataError(f"cannot decode image {path}: {msg}") from None
+
+
+def resize_shorter(img: torch.Tensor, image_size: int) -> torch.Tensor:
+    """Resize uint8 [...,3,H,W] so that min(H,W) == image_size (antialiased)."""
+    h, w = img.shape[-2:]
+    if min(h, w) == image_size:
+        return img
+    if h <= w:
+        size = [image_size, max(image_size, int(round(w * image_size / h)))]
+    else:
+        size = [max(image_size, int(round(h * image_size / w))), image_size]
+    return F.resize(img, size, antialias=True)
+
+
+def eval_transform(crop: int, mean, std) -> v2.Compose:
+    return v2.Compose([v2.CenterCrop(crop), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
+
+
+def train_transform(crop: int, mean, std, flip: bool) -> v2.Compose:
+    if not flip:  # meaning flips under a mirror: no flip and no crop jitter
+        return eval_transform(crop, mean, std)
+    return v2.Compose(
+        [
+            v2.RandomCrop(crop),
+            v2.RandomHorizontalFlip(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(list(mean), list(std)),
+        ]
+    )
+
+
+class BatchAugment:
+    """The same policy as `train_transform`/`eval_transform`, applied to a list of uint8 images at once
+    with the v2 functional kernels: crop/flip per image (parameters drawn from `generator`), then one
+    dtype conversion + normalisation for the whole batch. This is what the DataLoader uses (fast path);
+    the per-item v2.Compose is used for single-item access."""
+
+    def __init__(self, crop: int, mean, std, *, train: bool, flip: bool):
+        self.crop = crop
+        self.mean = list(mean)
+        self.std = list(std)
+        self.random = bool(train and flip)
+
+    def __call__(self, images: list[torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
+        c = self.crop
+        out = []
+        if self.random:
+            n = len(images)
+            u = torch.rand(n, 3, generator=generator)
+            for i, img in enumerate(images):
+                h, w = img.shape[-2:]
+                top = int(u[i, 0] * (h - c + 1))
+                left = int(u[i, 1] * (w - c + 1))
+                x = F.crop(img, top, left, c, c)
+                if u[i, 2] < 0.5:
+                    x = F.horizontal_flip(x)
+                out.append(x)
+        else:
+            for img in images:
+                out.append(F.center_crop(img, [c, c]))
+        batch = torch.stack(out)
+        batch = F.to_dtype(batch, torch.float32, scale=True)
+        return F.normalize(batch, self.mean, self.std)
+
+
+def channel_stats(images) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """Per-channel mean/std in [0,1] units over every pixel of an iterable of uint8 [3,H,W] tensors
+    (or one stacked [N,3,H,W] tensor), accumulated in float64."""
+    s = torch.zeros(3, dtype=torch.float64)
+    s2 = torch.zeros(3, dtype=torch.float64)
+    n = 0
+    if isinstance(images, torch.Tensor):
+        chunks = (images[i : i + 512] for i in range(0, images.shape[0], 512))
+    else:
+        chunks = (img.unsqueeze(0) for img in images)
+    for x in chunks:
+        x = x.to(torch.float64) / 255.0
+        s += x.sum(dim=(0, 2, 3))
+        s2 += (x * x).sum(dim=(0, 2, 3))
+        n += x.shape[0] * x.shape[2] * x.shape[3]
+    if n == 0:
+        raise DataError("cannot compute mean/std: the training split has no images")
+    mean = s / n
+    var = (s2 / n - mean * mean).clamp_min(0)
+    std = var.sqrt().clamp_min(1e-3)
+    return tuple(round(float(v), 6) for v in mean), tuple(round(float(v), 6) for v in std)
+
+
+def _isfinite3(t) -> bool:
+    return len(t) == 3 and all(isinstance(v, (int, float)) and math.isfinite(v) for v in t)
