@@ -119,7 +119,7 @@ class MultiDomainNet(nn.Module):
             del self.gates[name]
 
     def _tensor(self, domain: str, key: str) -> torch.Tensor:
-        if key in self._domain_key_set:
+        if self.is_domain_key(key):
             return self.domain_store[domain].get(key)
         return self.shared.get(key)
 
@@ -356,10 +356,7 @@ class _DomainCtx:
         self.net, self.domain, self.gate = net, domain, gate
 
     def tensor(self, key):
-        net = self.net
-        if key in net._domain_key_set or key in net._adapters or key in HEAD_KEYS:
-            return net.domain_store[self.domain].get(key)
-        return net.shared.get(key)
+        return self.net._tensor(self.domain, key)
 
     def conv(self, x, key, stride, padding):
         return F.conv2d(x, self.tensor(key), stride=stride, padding=padding)
