@@ -56,3 +56,14 @@ def test_mixed_batch_in_train_mode_uses_per_domain_batch_stats():
     out = net(x, domain=NAMES)
     out[torch.isfinite(out)].sum().backward()  # differentiable through the padding
     assert net.domain_store["c"].get("head.weight").grad is not None
+
+
+def test_stacked_channels_last_equals_nchw():
+    net = make("resnet26_dw", "dw")
+    x = torch.randn(len(NAMES), 3, 16, 16)
+    with torch.no_grad():
+        a = net(x, domain=NAMES)
+        b = net(x.contiguous(memory_format=torch.channels_last), domain=NAMES)
+    fin = torch.isfinite(a)
+    assert torch.equal(fin, torch.isfinite(b))
+    torch.testing.assert_close(b[fin], a[fin], rtol=1e-4, atol=1e-4 * a[fin].abs().max().item())

@@ -37,12 +37,21 @@ def per_sample_affine(x, scale, shift) -> torch.Tensor:
 def per_sample_depthwise(x, weights, stride: int) -> torch.Tensor:
     """Stacked depthwise conv (paper eq. 7): x [B,C,H,W], weights [B,C,1,k,k] (each sample's own filters).
 
-    The batch is folded into channels and run as ONE grouped convolution with groups=B*C.
+    The batch is folded into channels, [1, B*C, H, W], and run as ONE grouped convolution with
+    groups=B*C. NCHW input folds as a free view; channels_last input is folded with one permute copy
+    (layout [H, W, B*C]) because CPU depthwise kernels are far faster in channels_last, and the result
+    is handed back in channels_last.
     """
     b, c, h, w = x.shape
     k = weights.shape[-1]
-    y = F.conv2d(x.reshape(1, b * c, h, w), weights.reshape(b * c, 1, k, k),
-                 stride=stride, padding=k // 2, groups=b * c)
+    wf = weights.reshape(b * c, 1, k, k)
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        xf = x.permute(2, 3, 0, 1).contiguous().view(1, h, w, b * c).permute(0, 3, 1, 2)
+        y = F.conv2d(xf, wf, stride=stride, padding=k // 2, groups=b * c)
+        ho, wo = y.shape[-2:]
+        y = y.permute(0, 2, 3, 1).reshape(ho, wo, b, c)       # [H', W', B, C]
+        return y.permute(2, 0, 1, 3).contiguous().permute(0, 3, 1, 2)  # [B, C, H', W'] channels_last
+    y = F.conv2d(x.reshape(1, b * c, h, w), wf, stride=stride, padding=k // 2, groups=b * c)
     return y.reshape(b, c, y.shape[-2], y.shape[-1])
 
 
