@@ -6,7 +6,7 @@ For each batch (``per-domain`` images of each of ``domains`` domains, interleave
   stacked  one net(x, domain=[...]) call: gathered grouped depthwise conv, shared pointwise once;
   loop     for each domain: net(x[its samples], domain=d)  (what you do without stacking);
   single   the same batch size, all one domain (the floor: no per-sample gathering at all).
-Median of ``repeats`` timed runs after 2 warm-ups, torch.inference_mode, eval mode.
+Median of ``repeats`` interleaved timed rounds after 2 warm-ups, torch.inference_mode, eval mode.
 """
 from __future__ import annotations
 
@@ -20,15 +20,19 @@ import torch
 from mdl_core import create_network
 
 
-def timeit(fn, repeats):
-    for _ in range(2):
-        fn()
-    ts = []
+def timeit(fns, repeats):
+    """Median seconds per call of each fn; the fns are interleaved round by round so that load
+    from other processes on a shared machine hits all of them alike."""
+    for fn in fns:
+        for _ in range(2):
+            fn()
+    ts = [[] for _ in fns]
     for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
+        for i, fn in enumerate(fns):
+            t = time.perf_counter()
+            fn()
+            ts[i].append(time.perf_counter() - t)
+    return [statistics.median(t) for t in ts]
 
 
 def main():
@@ -68,9 +72,8 @@ def main():
             def loop():
                 return [net(x.index_select(0, ix), domain=d) for d, ix in groups.items()]
 
-            t_stacked = timeit(lambda: net(x, domain=doms), a.repeats)
-            t_loop = timeit(loop, a.repeats)
-            t_single = timeit(lambda: net(x, domain=names[0]), a.repeats)
+            t_stacked, t_loop, t_single = timeit(
+                [lambda: net(x, domain=doms), loop, lambda: net(x, domain=names[0])], a.repeats)
             out = net(x, domain=doms)
             diff = max((out[ix, : y.shape[1]] - y).abs().max().item() for (d, ix), y in zip(groups.items(), loop()))
             print(f"{b:>6} {k:>7} {b / t_stacked:>14.1f} {b / t_loop:>11.1f} {b / t_single:>13.1f} "

@@ -67,3 +67,13 @@ def test_stacked_channels_last_equals_nchw():
     fin = torch.isfinite(a)
     assert torch.equal(fin, torch.isfinite(b))
     torch.testing.assert_close(b[fin], a[fin], rtol=1e-4, atol=1e-4 * a[fin].abs().max().item())
+
+
+def test_stack_cache_sees_in_place_updates():
+    net = make("resnet26_dw", "dw")
+    x = torch.randn(len(NAMES), 3, 16, 16)
+    with torch.no_grad():
+        net(x, domain=NAMES)  # fills the cache
+        net.domain_store["b"].get("s1.b0.dw1.weight").mul_(2.0)
+        net.domain_store["c"].get("s2.b1.bn2.running_var").mul_(3.0)
+        check_against_single(net, x, net(x, domain=NAMES))

@@ -94,7 +94,8 @@ class MultiDomainNet(nn.Module):
 
     def add_domain(self, name: str, num_classes: int) -> None:
         if not isinstance(name, str) or not _NAME_RE.match(name) or hasattr(nn.ModuleDict(), name):
-            raise ValueError(f"invalid domain name {name!r}: use letters, digits, '_' or '-'")
+            raise ValueError(f"invalid domain name {name!r}: use letters, digits, '_' or '-' "
+                             "(starting with a letter or digit, not an nn.ModuleDict attribute)")
         if name in self.domain_store:
             raise ValueError(f"domain {name!r} already exists; remove it first")
         if int(num_classes) < 1:
@@ -312,6 +313,16 @@ class MultiDomainNet(nn.Module):
         return x.mean((2, 3))
 
     def forward(self, x: torch.Tensor, domain, use_gate: bool = False) -> torch.Tensor:
+        """Logits for ``x`` [B,3,H,W].
+
+        ``domain`` a name -> [B, K_domain]. ``domain`` a list of B names (one per sample) -> a padded
+        tensor [B, max K over the batch's domains] where sample i's entries at and beyond its own K are
+        ``-inf`` (argmax / softmax / top-k / cross-entropy work directly; ``out[i, :K]`` are its plain
+        logits). A list naming a single domain returns that domain's [B, K] logits. In eval mode
+        stackable methods run the mixed batch in one stacked pass, otherwise samples are grouped per
+        domain. ``use_gate=True`` runs each sample's domain with its soft-sharing gate (method dw).
+        Unknown names raise KeyError naming the registered domains.
+        """
         if isinstance(domain, str):
             self._check_domain(domain)
             gate = self._check_gate(domain) if use_gate else None
@@ -328,12 +339,20 @@ class MultiDomainNet(nn.Module):
             self._check_domain(d)
         if len(uniq) == 1:
             return self.forward(x, uniq[0], use_gate)
-        pos = {d: i for i, d in enumerate(uniq)}
-        idx = torch.tensor([pos[n] for n in names], device=x.device)
-        groups = [(d, (idx == i).nonzero().flatten()) for i, d in enumerate(uniq)]
+        groups = [(d, torch.tensor([i for i, n in enumerate(names) if n == d], device=x.device))
+                  for d in uniq]
         if not self.training and not use_gate and self.method_impl.stackable:
-            return _StackedCtx(self, uniq, idx, groups).run(x)
+            return _StackedCtx(self, uniq, names, groups, x.device).run(x)
         return self._grouped(x, groups, use_gate)
+
+    def _stack_cache(self) -> dict:
+        """Inference-only cache of stacked per-domain tensors, invalidated by any change to a domain
+        tensor (object identity or in-place version counter) or to the set of domains."""
+        sig = tuple((d, tuple((id(t), t._version) for t in st.flat().values()))
+                    for d, st in self.domain_store.items())
+        if getattr(self, "_stack_sig", None) != sig:
+            self._stack_sig, self._stack_store = sig, {}
+        return self._stack_store
 
     def _grouped(self, x, groups, use_gate):
         maxk = max(self.domains[d] for d, _ in groups)
@@ -379,13 +398,28 @@ class _DomainCtx:
 
 
 class _StackedCtx:
-    """Mixed-batch eval forward in one pass (paper eq. 7)."""
+    """Mixed-batch eval forward in one pass (paper eq. 7).
 
-    def __init__(self, net: MultiDomainNet, uniq, idx, groups):
-        self.net, self.uniq, self.idx, self.groups = net, uniq, idx, groups
+    Per-domain tensors are stacked over ALL registered domains ([D, C, 1, 3, 3] depthwise filters,
+    [D, C] BN scale/shift) and gathered per sample with ``idx``. Without autograd the stacks are cached
+    on the network and rebuilt only when a domain tensor changes (identity or in-place version).
+    """
+
+    def __init__(self, net: MultiDomainNet, uniq, names, groups, device):
+        self.net, self.groups = net, groups
+        self.all = list(net.domain_store)
+        pos = {d: i for i, d in enumerate(self.all)}
+        self.idx = torch.tensor([pos[n] for n in names], device=device)
+        self.cache = net._stack_cache() if not torch.is_grad_enabled() else {}
+        self.uniq = uniq
+
+    def _cached(self, key, build):
+        if key not in self.cache:
+            self.cache[key] = build()
+        return self.cache[key]
 
     def _stack(self, key):
-        return torch.stack([self.net._tensor(d, key) for d in self.uniq])
+        return torch.stack([self.net._tensor(d, key) for d in self.all])
 
     def conv(self, x, key, stride, padding):
         if not self.net.is_domain_key(key):
@@ -394,7 +428,8 @@ class _StackedCtx:
         for d, ix in self.groups:  # per-domain dense conv: grouped by domain
             y = F.conv2d(x.index_select(0, ix), self.net._tensor(d, key), stride=stride, padding=padding)
             if out is None:
-                out = y.new_empty((x.shape[0],) + y.shape[1:])
+                out = torch.empty((x.shape[0],) + y.shape[1:], dtype=y.dtype, device=y.device,
+                                  memory_format=_fmt(y))
             out.index_copy_(0, ix, y)
         return out
 
@@ -402,13 +437,15 @@ class _StackedCtx:
         key = layer + ".weight"
         if not self.net.is_domain_key(key):
             return F.conv2d(x, self.net.shared.get(key), stride=stride, padding=1, groups=x.shape[1])
-        return layers.per_sample_depthwise(x, self._stack(key)[self.idx], stride)
+        stacked = self._cached(key, lambda: self._stack(key))
+        return layers.per_sample_depthwise(x, stacked[self.idx], stride)
 
     def bn(self, x, name):
         if not self.net.is_domain_key(f"{name}.weight"):
             t = {n: self.net.shared.get(f"{name}.{n}") for n in BN_TENSORS}
             return layers.batch_norm(x, t, False)
-        scale, shift = layers.bn_scale_shift({n: self._stack(f"{name}.{n}") for n in BN_TENSORS})
+        scale, shift = self._cached(name, lambda: layers.bn_scale_shift(
+            {n: self._stack(f"{name}.{n}") for n in BN_TENSORS}))
         return layers.per_sample_affine(x, scale[self.idx], shift[self.idx])
 
     def run(self, x):
@@ -420,6 +457,12 @@ class _StackedCtx:
             out[ix, : st.get("head.bias").shape[0]] = F.linear(
                 feat.index_select(0, ix), st.get("head.weight"), st.get("head.bias"))
         return out
+
+
+def _fmt(y):
+    if y.dim() == 4 and not y.is_contiguous() and y.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 def create_network(arch: str, method: str = "dw", domains: dict | None = None,
