@@ -100,15 +100,15 @@ class MultiDomainNet(nn.Module):
             raise ValueError(f"domain {name!r} already exists; remove it first")
         if int(num_classes) < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        dev = self._anchor.device
+        dev, dt = self._anchor.device, self._anchor.dtype  # follow net.to(device/dtype)
         st = TensorStore()
         for k in self._domain_trunk_keys:
-            st.add(k, self._template[k].clone().to(dev), self.spec.tensors[k].is_param)
+            st.add(k, self._template[k].to(dev, dt, copy=True), self.spec.tensors[k].is_param)
         for k, (d, init) in self._adapters.items():
-            st.add(k, init(d.shape).to(dev), d.is_param)
+            st.add(k, init(d.shape).to(dev, dt), d.is_param)
         head_w = torch.empty(int(num_classes), self.spec.out_channels).normal_(0.0, 0.01)
-        st.add("head.weight", head_w.to(dev), True)
-        st.add("head.bias", torch.zeros(int(num_classes)).to(dev), True)
+        st.add("head.weight", head_w.to(dev, dt), True)
+        st.add("head.bias", torch.zeros(int(num_classes)).to(dev, dt), True)
         self.domain_store[name] = st
 
     def remove_domain(self, name: str) -> None:
@@ -347,8 +347,9 @@ class MultiDomainNet(nn.Module):
 
     def _stack_cache(self) -> dict:
         """Inference-only cache of stacked per-domain tensors, invalidated by any change to a domain
-        tensor (object identity or in-place version counter) or to the set of domains."""
-        sig = tuple((d, tuple((id(t), t._version) for t in st.flat().values()))
+        tensor (object identity, storage (e.g. after .to()), in-place version counter) or to the
+        set of domains."""
+        sig = tuple((d, tuple((id(t), t.data_ptr(), t._version) for t in st.flat().values()))
                     for d, st in self.domain_store.items())
         if getattr(self, "_stack_sig", None) != sig:
             self._stack_sig, self._stack_store = sig, {}
