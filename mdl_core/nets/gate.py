@@ -1,0 +1,59 @@
+"""Soft-sharing gate (Guo et al. 2019, eq. 8-9), one GateSet per target domain.
+
+At every gated depthwise layer the outputs of the T mixed domains' depthwise filters are mixed:
+    out = sum_t s_t * DW_t(x),   s = softmax(fc2(relu(fc1(GAP(x)))))   (s in R^T, one per sample)
+Placement: early / middle / late = the depthwise layers of stage 1 / 2 / 3, or all stages.
+Only the gate MLPs train; every filter, BN (running statistics used, never updated) and the head
+stay frozen. The GateSet records its placement and the ordered list of mixed domains (meta).
+Hidden width of each MLP: max(4, C_in // 4).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+PLACEMENTS = {"early": (1,), "middle": (2,), "late": (3,), "all": (1, 2, 3)}
+
+
+def gated_layers(spec, placement: str) -> dict[str, int]:
+    """Depthwise layer name (e.g. ``s1.b0.dw1``) -> its input channels, for the blocks of the placement's stages."""
+    if placement not in PLACEMENTS:
+        raise ValueError(f"unknown gate placement {placement!r}; valid: {', '.join(PLACEMENTS)}")
+    stages = PLACEMENTS[placement]
+    out = {}
+    for blk, s in zip(spec.blocks, spec.stage_of_block):
+        if s in stages:
+            for u in (blk.unit1, blk.unit2):
+                out[u.key("dw")] = u.cin
+    return out
+
+
+class GateMLP(nn.Module):
+    def __init__(self, cin: int, num_domains: int):
+        super().__init__()
+        hidden = max(4, cin // 4)
+        self.fc1 = nn.Linear(cin, hidden)
+        self.fc2 = nn.Linear(hidden, num_domains)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B,C,H,W] (the layer input) -> mixing weights s [B,T]."""
+        return torch.softmax(self.fc2(torch.relu(self.fc1(x.mean((2, 3))))), dim=1)
+
+
+class GateSet(nn.Module):
+    def __init__(self, spec, placement: str, mixed_domains: list[str]):
+        super().__init__()
+        self.placement = placement
+        self.mixed_domains = list(mixed_domains)
+        self.mlps = nn.ModuleDict({k.replace(".", "__"): GateMLP(c, len(self.mixed_domains))
+                                   for k, c in gated_layers(spec, placement).items()})
+
+    def mlp_for(self, layer: str):
+        name = layer.replace(".", "__")
+        return self.mlps[name] if name in self.mlps else None
+
+    def meta(self) -> dict:
+        return {"placement": self.placement, "mixed_domains": list(self.mixed_domains)}
+
+    def flat_state(self) -> dict[str, torch.Tensor]:
+        return {k.replace("__", "."): v for k, v in self.mlps.state_dict().items()}
