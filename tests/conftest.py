@@ -32,9 +32,34 @@ def run_mdl(*args: str, home: Path | None = None, env: dict | None = None, timeo
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
+def invoke(*args: str, home: Path | None = None, env: dict | None = None) -> Result:
+    """Run the `mdl` entry point in this process (no interpreter start-up): same exit codes and streams."""
+    import contextlib
+    import io
+
+    from cli.app import main
+
+    argv = ["mdl", *args] + (["--home", str(home)] if home is not None else [])
+    stdout, stderr = io.StringIO(), io.StringIO()
+    saved_env = dict(os.environ)
+    os.environ.update({"MDL_DEBUG": "0", "COLUMNS": "200", **(env or {})})
+    old_argv, sys.argv = sys.argv, argv
+    code = 0
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv = old_argv
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return Result(code, stdout.getvalue(), stderr.getvalue())
+
+
 @pytest.fixture
 def mdl():
-    return run_mdl
+    return invoke
 
 
 @pytest.fixture

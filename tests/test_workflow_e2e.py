@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_mdl, tree_digest
+from conftest import invoke, tree_digest
 from PIL import Image
 
 TOY = ["--width", "0.25", "--image-size", "16", "--batch-size", "32", "--device", "cpu"]
@@ -47,7 +47,7 @@ def chain(tmp_path_factory, trees) -> Path:
     """A registry with a pretrained trunk, alpha (v1, v2), beta, gates."""
     home = tmp_path_factory.mktemp("chain") / "home"
     env = {"MDL_CACHE": str(home.parent / "cache")}
-    assert run_mdl("init", home=home, env=env).code == 0
+    assert invoke("init", home=home, env=env).code == 0
     steps = [
         ["pretrain", "--data", str(trees["src"]), "--name", "src", "--epochs", "1", *TOY],
         ["add-domain", "alpha", "--data", str(trees["alpha"]), "--epochs", "1", *TRAIN],
@@ -56,25 +56,25 @@ def chain(tmp_path_factory, trees) -> Path:
         ["gate-train", "--domain", "alpha", "--placement", "late", "--epochs", "1", *TRAIN],
     ]
     for step in steps:
-        res = run_mdl(*step, home=home, env=env)
+        res = invoke(*step, home=home, env=env)
         assert res.code == 0, (step, res.stderr)
     return home
 
 
 def test_list_shows_versions_and_params(chain):
-    rows = {r["name"]: r for r in run_mdl("list", "--json", home=chain).json()}
+    rows = {r["name"]: r for r in invoke("list", "--json", home=chain).json()}
     assert set(rows) == {"src", "alpha", "beta"}
     assert rows["alpha"]["version"] == 2 and rows["beta"]["version"] == 1
     assert rows["alpha"]["method"] == "dw" and rows["alpha"]["num_classes"] == 3
     assert 0 < rows["alpha"]["domain_params"] and 0 <= rows["alpha"]["accuracy"] <= 100
-    shown = run_mdl("show", "alpha", "--json", home=chain).json()
+    shown = invoke("show", "alpha", "--json", home=chain).json()
     assert [v["version"] for v in shown["versions"]] == [1, 2]
     assert shown["versions"][1]["gate"]["placement"] == "late"
     assert len(shown["versions"][1]["config"]["history"]) == 2
 
 
 def test_score_json(chain):
-    res = run_mdl("score", "--json", "--device", "cpu", home=chain)
+    res = invoke("score", "--json", "--device", "cpu", home=chain)
     assert res.code == 0, res.stderr
     report = res.json()
     assert {d["name"] for d in report["domains"]} == {"src", "alpha", "beta"}
@@ -87,7 +87,7 @@ def test_score_json(chain):
 def test_predict_single_and_mixed(chain, trees):
     img_a = str(next((trees["alpha"] / "class_01").glob("*.png")))
     img_b = str(next((trees["beta"] / "class_02").glob("*.png")))
-    res = run_mdl("predict", "alpha", img_a, f"beta@{img_b}", "--top-k", "2", "--json", "--device", "cpu", home=chain)
+    res = invoke("predict", "alpha", img_a, f"beta@{img_b}", "--top-k", "2", "--json", "--device", "cpu", home=chain)
     assert res.code == 0, res.stderr
     rows = res.json()
     assert [r["domain"] for r in rows] == ["alpha", "beta"]
@@ -96,10 +96,10 @@ def test_predict_single_and_mixed(chain, trees):
 
 
 def test_finetune_run_becomes_reference_for_score(chain, trees):
-    res = run_mdl("add-domain", "beta", "--data", str(trees["beta"]), "--method", "finetune", "--epochs", "1",
+    res = invoke("add-domain", "beta", "--data", str(trees["beta"]), "--method", "finetune", "--epochs", "1",
                   *TRAIN, home=chain)
     assert res.code == 0, res.stderr
-    report = run_mdl("score", "--json", "--device", "cpu", home=chain).json()
+    report = invoke("score", "--json", "--device", "cpu", home=chain).json()
     beta = next(d for d in report["domains"] if d["name"] == "beta")
     assert beta["method"] == "finetune" and beta["score_basis"] == "recorded reference"
     assert beta["score"] is not None and report["total"] == pytest.approx(beta["score"])
@@ -108,7 +108,7 @@ def test_finetune_run_becomes_reference_for_score(chain, trees):
 def test_killed_add_domain_registers_nothing_and_resume_finishes(tmp_path, trees, chain):
     home = tmp_path / "home"
     subprocess.run(["cp", "-r", str(chain), str(home)], check=True)
-    before = run_mdl("list", "--json", home=home).json()
+    before = invoke("list", "--json", home=home).json()
     args = [sys.executable, "-m", "cli", "add-domain", "gamma", "--data", str(trees["src"]), "--epochs", "8",
             "--batch-size", "16", "--device", "cpu", "--home", str(home)]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -123,11 +123,11 @@ def test_killed_add_domain_registers_nothing_and_resume_finishes(tmp_path, trees
     assert state is not None, "no checkpoint appeared"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert run_mdl("list", "--json", home=home).json() == before  # nothing registered
-    res = run_mdl("add-domain", "gamma", "--data", str(trees["src"]), "--epochs", "8", "--batch-size", "16",
+    assert invoke("list", "--json", home=home).json() == before  # nothing registered
+    res = invoke("add-domain", "gamma", "--data", str(trees["src"]), "--epochs", "8", "--batch-size", "16",
                   "--device", "cpu", "--resume", "--json", home=home)
     assert res.code == 0, res.stderr
-    shown = run_mdl("show", "gamma", "--json", home=home).json()["versions"]
+    shown = invoke("show", "gamma", "--json", home=home).json()["versions"]
     assert len(shown) == 1 and shown[0]["config"]["resumed_from_epoch"] >= 1
     assert len(shown[0]["config"]["history"]) == 8
     assert not any((home / "runs").glob("add-domain-gamma-*/state.json"))  # run folder cleaned up
@@ -149,7 +149,7 @@ def test_bad_input_one_line_exit_1_registry_unchanged(chain, trees, args, messag
     image = str(next((trees["alpha"] / "class_00").glob("*.png")))
     args = [a.format(alpha=trees["alpha"], image=image) for a in args]
     before = tree_digest(chain)
-    res = run_mdl(*args, home=chain)
+    res = invoke(*args, home=chain)
     lines = res.stderr.strip().splitlines()
     assert res.code == 1 and len(lines) == 1 and message in lines[0] and "Traceback" not in res.stderr, res.stderr
     assert tree_digest(chain) == before
@@ -157,6 +157,6 @@ def test_bad_input_one_line_exit_1_registry_unchanged(chain, trees, args, messag
 
 def test_usage_errors_exit_2(chain):
     before = tree_digest(chain)
-    assert run_mdl("add-domain", "x", "--data", "y", "--epochs", "0", home=chain).code == 2
-    assert run_mdl("gate-train", "--placement", "sideways", home=chain).code == 2
+    assert invoke("add-domain", "x", "--data", "y", "--epochs", "0", home=chain).code == 2
+    assert invoke("gate-train", "--placement", "sideways", home=chain).code == 2
     assert tree_digest(chain) == before

@@ -43,25 +43,33 @@ def _test_accuracy(net, dd, opts, dev, **forward_kw) -> float | None:
     return None if n == 0 or math.isnan(acc) else acc
 
 
-def _fit(reg: Registry, net, name: str, params, dd, opts: TrainOptions, recipe, key: dict, *, snapshot, restore,
-         train_mode, forward_kw):
+def _checkpoint(reg: Registry, name: str, key: dict, resume: bool):
+    """The run folder for these settings; checked before any work so a bad --resume fails fast."""
+    from mdl_core.training import Checkpoint
+
+    digest, key = run_key(**key)
+    checkpoint = Checkpoint(reg.home / "runs" / f"{key['job']}-{name}-{digest}", key)
+    if resume and not checkpoint.exists():
+        raise ValueError(f"nothing to resume for {name}: no checkpoint of an unfinished run with these settings")
+    if not resume and checkpoint.exists():
+        info("[yellow]note:[/] an unfinished run with these settings exists; starting over (use --resume to continue it)")
+    return checkpoint
+
+
+def _fit(net, params, dd, opts: TrainOptions, recipe, checkpoint, *, snapshot, restore, train_mode, forward_kw):
     import torch
 
-    from mdl_core.training import Checkpoint, DeviceSetup, fit
+    from mdl_core.training import DeviceSetup, fit
 
     dev = DeviceSetup.resolve(opts.device)
     dev.prepare(net)
     train_loader, val_loader = loaders(dd, recipe.batch_size, opts.workers, opts.seed)
-    digest, key = run_key(**key)
-    checkpoint = Checkpoint(reg.home / "runs" / f"{key['job']}-{name}-{digest}", key)
-    if not opts.resume and checkpoint.exists():
-        info(f"[yellow]note:[/] an unfinished run with these settings exists; starting over (use --resume to continue it)")
     torch.manual_seed(opts.seed)
     with progress() as bar:
         result = fit(net, params, train_loader, val_loader, recipe, dev, snapshot=snapshot, restore=restore,
                      forward_kw=forward_kw, checkpoint=checkpoint, resume=opts.resume, progress=bar,
                      train_mode=train_mode)
-    return result, dev, checkpoint
+    return result, dev
 
 
 def pretrain(reg: Registry, src: str, *, name: str | None, arch: str, width: float, image_size: int,
@@ -82,10 +90,11 @@ def pretrain(reg: Registry, src: str, *, name: str | None, arch: str, width: flo
     recipe = _recipe(opts, opts.weight_decay if opts.weight_decay is not None else 1e-4)
     key = {"job": "pretrain", "src": data_record(dd, src, opts.seed)["fingerprint"], "arch": arch, "width": width,
            "image_size": image_size, "recipe": recipe.to_dict()}
+    checkpoint = _checkpoint(reg, name, key, opts.resume)
     info(f"Pretraining {arch} (width {width:g}) on {name}: {dd.num_classes} classes, "
          f"{len(dd.splits['train'])} train / {len(dd.splits['val'])} val images at {image_size}px")
-    result, dev, checkpoint = _fit(
-        reg, net, name, params, dd, opts, recipe, key,
+    result, dev = _fit(
+        net, params, dd, opts, recipe, checkpoint,
         snapshot=lambda: {k: v for k, v in net.state_dict().items()},
         restore=lambda t: net.load_state_dict(t), train_mode=net.train, forward_kw={"domain": name})
     test_acc = _test_accuracy(net, dd, opts, dev, domain=name)
@@ -133,10 +142,11 @@ def add_domain(reg: Registry, name: str, src: str, *, method: str, trunk: str | 
     record = data_record(dd, src, opts.seed)
     key = {"job": "add-domain", "name": name, "method": method, "trunk": trunk_rec.id, "data": record["fingerprint"],
            "recipe": recipe.to_dict()}
+    checkpoint = _checkpoint(reg, name, key, opts.resume)
     info(f"Adding {name} ({method}) on trunk {trunk_rec.label}: {dd.num_classes} classes, "
          f"{len(dd.splits['train'])} train / {len(dd.splits['val'])} val images, wd {wd:g}")
-    result, dev, checkpoint = _fit(
-        reg, net, name, lambda: net.set_trainable(name), dd, opts, recipe, key,
+    result, dev = _fit(
+        net, lambda: net.set_trainable(name), dd, opts, recipe, checkpoint,
         snapshot=lambda: net.domain_state_dict(name),
         restore=lambda t: net.load_domain_state_dict(name, t),
         train_mode=lambda: net.train_domain(name), forward_kw={"domain": name})
