@@ -33,6 +33,7 @@ class Recipe:
     decay_at: tuple[float, ...] = field(default=(0.5, 0.75))
     gamma: float = 0.1
     seed: int = 0
+    warmup: bool = True  # ramp the lr up linearly through the first epoch: lr 0.1 from random init diverges otherwise
 
     def __post_init__(self) -> None:
         if self.epochs < 1:

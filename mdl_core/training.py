@@ -42,7 +42,8 @@ class DeviceSetup:
         if name == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda asked for, but no CUDA device is available")
         cuda = name == "cuda" or (name == "auto" and torch.cuda.is_available())
-        return cls(torch.device("cuda" if cuda else "cpu"), amp=cuda, channels_last=cuda)
+        # channels_last everywhere: oneDNN's depthwise convolutions are ~1.5x faster in it on CPU as well
+        return cls(torch.device("cuda" if cuda else "cpu"), amp=cuda, channels_last=True)
 
     def autocast(self):
         if self.amp:
@@ -196,7 +197,10 @@ def fit(
             generator.manual_seed(recipe.seed * 100_003 + epoch)
         (train_mode or net.train)()
         loss_sum, correct, count, t0 = 0.0, 0, 0, time.perf_counter()
-        for x, y in train_loader:
+        for step, (x, y) in enumerate(train_loader):
+            if epoch == 0 and recipe.warmup:  # linear warm-up over the first epoch (Goyal et al. 2017)
+                for group in opt.param_groups:
+                    group["lr"] = recipe.lr_at(0) * (step + 1) / max(_len(train_loader), 1)
             x, y = dev.batch(x), y.to(dev.device)
             with dev.autocast():
                 logits = net(x, **forward_kw)

@@ -160,3 +160,25 @@ def test_usage_errors_exit_2(chain):
     assert invoke("add-domain", "x", "--data", "y", "--epochs", "0", home=chain).code == 2
     assert invoke("gate-train", "--placement", "sideways", home=chain).code == 2
     assert tree_digest(chain) == before
+
+
+def test_decathlon_domain_scored_officially_and_results_file(tmp_path, chain):
+    from _data_helpers import decathlon
+
+    home = tmp_path / "home"
+    subprocess.run(["cp", "-r", str(chain), str(home)], check=True)
+    root = tmp_path / "decathlon"
+    truth = decathlon(root, "svhn", prefix=8, n_classes=3, sizes=(20, 6, 5), stripped=True)
+    res = invoke("add-domain", "svhn", "--data", str(root), "--epochs", "1", *TRAIN, home=home)
+    assert res.code == 0, res.stderr
+    val = invoke("score", "--json", "--device", "cpu", home=home).json()
+    svhn = next(d for d in val["domains"] if d["name"] == "svhn")
+    assert svhn["baseline"] == 96.55 and svhn["score_basis"] == "official baseline"
+    results = tmp_path / "results.json"
+    test = invoke("score", "--split", "test", "--results", str(results), "--json", "--device", "cpu", home=home)
+    assert test.code == 0, test.stderr
+    svhn_test = next(d for d in test.json()["domains"] if d["name"] == "svhn")
+    assert svhn_test["accuracy"] is None  # stripped test annotations: predictions only
+    rows = [r for r in json.loads(results.read_text()) if r["image_id"] in {i for i, _ in truth["test"]}]
+    assert sorted(r["image_id"] for r in rows) == sorted(i for i, _ in truth["test"])
+    assert {r["category_id"] for r in rows} <= {80000001, 80000002, 80000003}

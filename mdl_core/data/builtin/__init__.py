@@ -20,7 +20,7 @@ import numpy as np
 
 from mdl_core.data.errors import DataError
 
-CACHE_VERSION = "v1"
+CACHE_VERSION = "v4"  # bump whenever a generator changes its output
 
 
 @dataclass(frozen=True)

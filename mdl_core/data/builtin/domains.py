@@ -8,7 +8,7 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from mdl_core.data.builtin.render import (
+from mdl_core.data.builtin.render import (region_mean, 
     S, SHAPES, TEXTURE_FAMILIES, affine, clutter, colourise, compose, contrasting, draw_shape, finish, fonts_for,
     glyph_mask, pattern, rand_colour, smooth_field,
 )
@@ -49,18 +49,19 @@ def gen_source(rng, scale=1.0):
                    "DejaVuSans-Oblique.ttf"]
 
     def draw(c):
-        bg = clutter(rng)
+        # Moderate clutter: the source must be learnable in a few CPU epochs to give the trunk useful filters.
+        bg = clutter(rng, n_strokes=(0, 4), strength=0.7)
         if c < 36:
             m = glyph_mask(SOURCE_GLYPHS[c], glyph_fonts[rng.integers(len(glyph_fonts))], 44)
-            m = affine(m, rng, rot=20, shear=0.2, scale=(0.5, 0.85), shift=0.12)
-            img = compose(bg, m, contrasting(rng, bg.getpixel((20, 20)), 50))
+            m = affine(m, rng, rot=15, shear=0.15, scale=(0.7, 1.0), shift=0.1)
+            img = compose(bg, m, contrasting(rng, region_mean(bg, m), 80))
         elif c < 36 + 2 * len(SHAPES):
             k = (c - 36) % len(SHAPES)
             outline = c >= 36 + len(SHAPES)
             d = ImageDraw.Draw(bg)
             r = rng.uniform(9, 17)
             cx, cy = rng.uniform(20 - 6, 20 + 6, 2)
-            draw_shape(d, SHAPES[k], cx, cy, r, rng.uniform(0, 2 * np.pi), contrasting(rng, bg.getpixel((20, 20)), 50),
+            draw_shape(d, SHAPES[k], cx, cy, r, rng.uniform(0, 2 * np.pi), contrasting(rng, region_mean(bg), 80),
                        outline_width=int(rng.integers(2, 4)) if outline else 0)
             img = bg
         else:
@@ -69,7 +70,7 @@ def gen_source(rng, scale=1.0):
             tex = colourise(p, rand_colour(rng), rand_colour(rng))
             mask = Image.fromarray((smooth_field(rng, 3, channels=1)[..., 0] > 0.3).astype(np.uint8) * 255, "L")
             img = Image.composite(tex, bg, mask)
-        return finish(img, rng, noise=(0, 12), blur=(0, 0.9))
+        return finish(img, rng, noise=(0, 8), blur=(0, 0.7))
 
     imgs, labels, split = _gen_classes(len(classes), counts, draw)
     return imgs, labels, split, classes
@@ -101,7 +102,7 @@ def gen_digits(rng, scale=1.0):
         bg = Image.new("RGB", (S, S), paper)
         if rng.random() < 0.5:
             bg = clutter(rng, n_strokes=(1, 4), strength=0.5)
-        img = compose(bg, m, contrasting(rng, paper, 70))
+        img = compose(bg, m, contrasting(rng, region_mean(bg, m), 80))
         out.append(finish(img, rng, noise=(3, 18), blur=(0, 1.0)))
         n_hold = max(1, int(round(0.2 * totals[c])))  # val and test: 20% each, at least one
         k = seen[c]
@@ -270,7 +271,7 @@ def gen_housenums(rng, scale=1.0):
         bg = clutter(rng, n_strokes=(1, 5), strength=0.6) if rng.random() < 0.6 else Image.new("RGB", (S, S), plate)
         d = ImageDraw.Draw(bg)
         f = font(FONTS[rng.integers(len(FONTS))], int(rng.integers(22, 34)))
-        ink = contrasting(rng, bg.getpixel((20, 20)), 45)
+        ink = contrasting(rng, region_mean(bg), 70)
         left, right = str(rng.integers(10)), str(rng.integers(10))
         cx, cy = 20 + rng.uniform(-2.5, 2.5), 20 + rng.uniform(-2.5, 2.5)
         w = f.getlength(str(c))

@@ -48,6 +48,16 @@ def contrasting(rng, base, min_delta=60) -> tuple[int, int, int]:
     return tuple(255 - v for v in base)
 
 
+def region_mean(img: Image.Image, mask: Image.Image | None = None) -> tuple[int, int, int]:
+    """Mean colour of `img` where `mask` is on (all of it without a mask): what a foreground must contrast with."""
+    a = np.asarray(img, dtype=np.float32).reshape(-1, 3)
+    if mask is not None:
+        m = np.asarray(mask.resize(img.size), dtype=np.float32).reshape(-1) > 127
+        if m.any():
+            a = a[m]
+    return tuple(int(v) for v in a.mean(0))
+
+
 def smooth_field(rng, grid=4, size=S, channels=3) -> np.ndarray:
     """Low-frequency random field in [0,1], [size,size,channels]."""
     g = rng.random((grid, grid, channels)).astype(np.float32)
@@ -57,16 +67,20 @@ def smooth_field(rng, grid=4, size=S, channels=3) -> np.ndarray:
     return a.reshape(size, size, channels)
 
 
-def clutter(rng, size=S, n_strokes=(3, 8), gray=False, strength=1.0) -> Image.Image:
-    """Cluttered background: a smooth colour field plus random lines and ellipses."""
+def clutter(rng, size=S, n_strokes=(1, 5), gray=False, strength=1.0) -> Image.Image:
+    """Cluttered background: a smooth colour field plus random lines and ellipses. The strokes are
+    blended towards the background (at most ~half contrast) so they distract without erasing the
+    foreground: the domains must stay learnable from a few thousand images."""
     base = smooth_field(rng, grid=int(rng.integers(2, 6)), size=size)
     lo = rng.random(3) * 0.6
     span = 0.2 + rng.random(3) * 0.6 * strength
     arr = np.clip(lo + base * span, 0, 1)
     img = Image.fromarray((arr * 255).astype(np.uint8), "RGB")
+    mean = (arr.reshape(-1, 3).mean(0) * 255)
     d = ImageDraw.Draw(img)
     for _ in range(int(rng.integers(*n_strokes))):
-        c = rand_colour(rng)
+        mix = rng.uniform(0.25, 0.55) * strength
+        c = tuple(int(m + mix * (v - m)) for m, v in zip(mean, rand_colour(rng)))
         x0, y0, x1, y1 = (int(v) for v in rng.integers(-5, size + 5, 4))
         if rng.random() < 0.6:
             d.line([x0, y0, x1, y1], fill=c, width=int(rng.integers(1, 4)))
