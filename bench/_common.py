@@ -1,0 +1,64 @@
+"""Helpers shared by the bench scripts: machine description, JSON output, timing."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict:
+    import torch
+
+    model = platform.processor() or platform.machine()
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                model = line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    info = {"cpu": model, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()]}
+    return info
+
+
+def write_json(path: Path, obj) -> None:
+    """Atomic write (a killed run never leaves a half-written results file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def median_time(fns, repeats: int, warmup: int = 2, sync=None) -> list[float]:
+    """Median seconds per call of each fn; interleaved round by round so that load from other
+    processes on a shared machine hits all of them alike."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    if sync:
+        sync()
+    ts = [[] for _ in fns]
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            t = time.perf_counter()
+            fn()
+            if sync:
+                sync()
+            ts[i].append(time.perf_counter() - t)
+    return [statistics.median(t) for t in ts]
+
+
+def mean_spread(values: list[float]) -> tuple[float, float]:
+    """Mean and half-range ((max - min) / 2) over seeds."""
+    if not values:
+        return float("nan"), float("nan")
+    return sum(values) / len(values), (max(values) - min(values)) / 2

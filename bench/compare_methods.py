@@ -1,0 +1,485 @@
+"""Every method on every bundled target domain, same budget and seeds: the paper's Table 2 and Table 3.
+
+    MDL_CACHE=/tmp/benchcache PYTHONPATH=. python bench/compare_methods.py            # full run (~30 min, 2 CPUs)
+    PYTHONPATH=. python bench/compare_methods.py --quick                              # smoke test (seconds)
+    PYTHONPATH=. python bench/compare_methods.py --report-only                        # tables/chart from the JSON
+
+It drives the real workflows, not a re-implementation: one registry home per trunk type is
+pretrained once (`cli.jobs.train.pretrain`, seed 0) on `builtin:source`; every (trunk, method, seed)
+then gets its own copy of that home, and `cli.jobs.train.add_domain` trains and registers each target
+domain in it (so the `dw` home of a seed holds exactly that seed's `dw` adapters, which is what the
+soft-sharing gates of `cli.jobs.gates.train_gate` mix). Accuracies are read back from the registry:
+validation (used only to pick the best epoch) from `DomainVersionRecord.accuracy`, the table's test
+accuracy from `config["test_accuracy"]`; gated test accuracy is measured on the registered gate
+(`gated_network`). Decathlon score: `mdl_core.scoring.domain_score` with, for each domain, the
+seed-mean test accuracy of `finetune` on `resnet26_dw` as the reference (the role of the official
+baseline constants), so `finetune` itself scores ~250 per domain.
+
+Resumable: every finished cell is written to the raw JSON at once and skipped on the next run with the
+same settings (a cell killed half way is retrained from its start; seeds make that reproducible).
+Outputs (bench/results/): compare_methods.json (raw), compare_methods.md (tables), compare_methods.png,
+compare_gates.png.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._common import RESULTS, machine, mean_spread, write_json  # noqa: E402
+
+# (row label, trunk, method). The first trunk hosts the paper's method and its baselines.
+METHODS = [
+    ("dw", "resnet26_dw", "dw"),
+    ("dw-sharing", "resnet26_dw", "dw-sharing"),
+    ("classifier-only", "resnet26_dw", "classifier-only"),
+    ("finetune", "resnet26_dw", "finetune"),
+    ("bn", "resnet26", "bn"),
+    ("parallel-adapter", "resnet26", "parallel-adapter"),
+    ("series-adapter", "resnet26", "series-adapter"),
+    ("finetune@resnet26", "resnet26", "finetune"),
+]
+REFERENCE = "finetune"  # the score's reference row
+OPTIONAL = {"finetune@resnet26"}  # run last (the reference for the resnet26 rows is still `finetune` above)
+PLACEMENTS = ["early", "middle", "late", "all"]
+SOURCE = "source"
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--width", type=float, default=0.25)
+    ap.add_argument("--image-size", type=int, default=32, help="resize size; training crops 7/8 of it")
+    ap.add_argument("--pretrain-epochs", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=3, help="epochs per (method, domain)")
+    ap.add_argument("--gate-epochs", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=0.1)
+    ap.add_argument("--methods", nargs="+", default=[m[0] for m in METHODS], choices=[m[0] for m in METHODS])
+    ap.add_argument("--domains", nargs="+", default=None, help="target domains (default: every builtin but source)")
+    ap.add_argument("--placements", nargs="*", default=PLACEMENTS, choices=PLACEMENTS)
+    ap.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "mdl-bench-compare",
+                    help="registry homes (one per trunk, method, seed) live here")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, = cores)")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke test: builtin scale 0.05, 1 epoch each, seed 0, dw+finetune on photos, late gate; "
+                         "writes under --work, not bench/results")
+    ap.add_argument("--report-only", action="store_true", help="rebuild tables and charts from the raw JSON")
+    ap.add_argument("--fresh", action="store_true", help="start over: ignore finished cells in the raw JSON, wipe the registry homes")
+    a = ap.parse_args(argv)
+    if a.quick:
+        os.environ.setdefault("MDL_BUILTIN_SCALE", "0.05")
+        a.seeds, a.pretrain_epochs, a.epochs, a.gate_epochs = [0], 1, 1, 1
+        a.methods, a.domains, a.placements = ["dw", "finetune"], a.domains or ["photos", "digits"], ["late"]
+        a.work = a.work / "quick"
+        a.out = a.work / "results"
+    return a
+
+
+def settings(a) -> dict:
+    """What the results depend on (a changed value invalidates the cached cells)."""
+    return {"width": a.width, "image_size": a.image_size, "pretrain_epochs": a.pretrain_epochs, "epochs": a.epochs,
+            "gate_epochs": a.gate_epochs, "batch_size": a.batch_size, "lr": a.lr,
+            "builtin_scale": float(os.environ.get("MDL_BUILTIN_SCALE", "1")), "pretrain_seed": 0,
+            "workers": 0, "device": "cpu"}
+
+
+# --------------------------------------------------------------------------------------------- running
+class Runner:
+    def __init__(self, a):
+        self.a = a
+        self.cfg = settings(a)
+        digest = hashlib.sha256(json.dumps(self.cfg, sort_keys=True).encode()).hexdigest()[:10]
+        self.work = a.work / digest
+        if a.fresh:
+            shutil.rmtree(self.work, ignore_errors=True)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.raw_path = a.out / "compare_methods.json"
+        self.raw = self._load()
+
+    def _load(self) -> dict:
+        if self.raw_path.is_file() and not self.a.fresh:
+            raw = json.loads(self.raw_path.read_text())
+            if raw.get("settings") == self.cfg:
+                return raw
+            print(f"note: {self.raw_path} holds results of other settings; starting a new table", file=sys.stderr)
+        return {"settings": self.cfg, "pretrain": {}, "cells": {}, "gates": {}, "timing": {}}
+
+    def save(self) -> None:
+        self.raw["machine"] = machine()
+        write_json(self.raw_path, self.raw)
+
+    def opts(self, epochs: int, seed: int):
+        from cli.jobs.train import TrainOptions
+
+        return TrainOptions(epochs=epochs, lr=self.a.lr, batch_size=self.a.batch_size, device="cpu", workers=0,
+                            seed=seed)
+
+    def base_home(self, arch: str) -> Path:
+        """The trunk's registry home: pretrained once (seed 0) and reused."""
+        from cli.jobs.train import pretrain
+        from registry.store import Registry
+
+        home = self.work / f"base-{arch}"
+        reg, _ = Registry.init(home)
+        try:
+            if not reg.trunks() or arch not in self.raw["pretrain"]:
+                if reg.trunks():  # registered but not recorded (killed in between): start the home over
+                    reg.close()
+                    shutil.rmtree(home)
+                    reg, _ = Registry.init(home)
+                t0 = time.perf_counter()
+                trunk, src = pretrain(reg, f"builtin:{SOURCE}", name=SOURCE, arch=arch, width=self.a.width,
+                                      image_size=self.a.image_size, opts=self.opts(self.a.pretrain_epochs, 0))
+                self.raw["pretrain"][arch] = {
+                    "val_accuracy": src.accuracy, "test_accuracy": src.config["test_accuracy"],
+                    "trunk_params": trunk.num_params, "source_domain_params": src.domain_params,
+                    "best_epoch": src.config["best_epoch"], "train_images_per_s": trunk.config["train_images_per_s"],
+                    "wall_s": round(time.perf_counter() - t0, 1)}
+                self.save()
+        finally:
+            reg.close()
+        return home
+
+    def home(self, arch: str, method: str, seed: int) -> Path:
+        home = self.work / f"{arch}-{method}-s{seed}"
+        if not home.exists():
+            base = self.base_home(arch)
+            tmp = home.with_name(home.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(base, tmp, ignore=shutil.ignore_patterns("registry.lock", "runs"))
+            os.replace(tmp, home)
+        return home
+
+    def cell(self, label: str, arch: str, method: str, domain: str, seed: int) -> None:
+        from cli.jobs.train import add_domain
+        from registry.store import Registry
+
+        key = f"{label}|{domain}|{seed}"
+        if key in self.raw["cells"]:
+            return
+        reg = Registry.open(self.home(arch, method, seed))
+        try:
+            t0 = time.perf_counter()
+            v = add_domain(reg, domain, f"builtin:{domain}", method=method, trunk=arch,
+                           opts=self.opts(self.a.epochs, seed))
+            wall = time.perf_counter() - t0
+        finally:
+            reg.close()
+        self.raw["cells"][key] = {
+            "method": label, "arch": arch, "domain": domain, "seed": seed, "version": v.version,
+            "val_accuracy": v.accuracy, "test_accuracy": v.config["test_accuracy"], "domain_params": v.domain_params,
+            "num_classes": v.num_classes, "train_images": v.data["sizes"]["train"], "best_epoch": v.config["best_epoch"],
+            "weight_decay": v.config["recipe"]["weight_decay"],
+            "train_images_per_s": round(v.config["train_images_per_s"], 1), "wall_s": round(wall, 1)}
+        self.save()
+        print(f"[cell] {label:18s} {domain:12s} seed {seed}: test {v.config['test_accuracy']:.2f} "
+              f"val {v.accuracy:.2f} ({wall:.0f}s)", file=sys.stderr, flush=True)
+
+    def gate(self, placement: str, domain: str, seed: int) -> None:
+        from cli.jobs.common import open_version_data
+        from cli.jobs.gates import GateOptions, gated_network, train_gate
+        from mdl_core.data import make_loader
+        from mdl_core.training import DeviceSetup, accuracy
+        from registry.store import Registry
+
+        key = f"{placement}|{domain}|{seed}"
+        if key in self.raw["gates"]:
+            return
+        reg = Registry.open(self.home("resnet26_dw", "dw", seed))
+        try:
+            t0 = time.perf_counter()
+            target = reg.domain_version(domain)
+            assert target.method == "dw", target
+            g = train_gate(reg, target, GateOptions(placement=placement, epochs=self.a.gate_epochs, lr=self.a.lr,
+                                                    batch_size=self.a.batch_size, device="cpu", workers=0, seed=seed))
+            net = gated_network(reg, g)
+            dev = DeviceSetup.resolve("cpu")
+            dev.prepare(net)
+            test = make_loader(open_version_data(target), "test", 256, train=False)
+            test_acc, _ = accuracy(net, test, dev, domain=domain, use_gate=True)
+            gate_params = sum(p.numel() for p in net.gate_parameters(domain))
+            wall = time.perf_counter() - t0
+        finally:
+            reg.close()
+        self.raw["gates"][key] = {
+            "placement": placement, "domain": domain, "seed": seed, "val_accuracy": g.accuracy,
+            "base_val_accuracy": g.base_accuracy, "test_accuracy": test_acc,
+            "base_test_accuracy": target.config["test_accuracy"], "gate_params": gate_params,
+            "mixed": g.config["mixed_names"], "best_epoch": g.config["best_epoch"], "wall_s": round(wall, 1)}
+        self.save()
+        print(f"[gate] {placement:6s} {domain:12s} seed {seed}: test {test_acc:.2f} (no gate "
+              f"{target.config['test_accuracy']:.2f}) ({wall:.0f}s)", file=sys.stderr, flush=True)
+
+    def run(self, domains: list[str]) -> None:
+        t_start = time.perf_counter()
+        methods = [m for m in METHODS if m[0] in self.a.methods]
+        for arch in dict.fromkeys(m[1] for m in methods):
+            self.base_home(arch)
+        core = [m for m in methods if m[0] not in OPTIONAL]
+        for seed in self.a.seeds:  # the paper's table first, then the gates, then the optional rows
+            for label, arch, method in core:
+                for d in domains:
+                    self.cell(label, arch, method, d, seed)
+        if "dw" in self.a.methods:
+            for seed in self.a.seeds:
+                for p in self.a.placements:
+                    for d in domains:
+                        self.gate(p, d, seed)
+        for seed in self.a.seeds:
+            for label, arch, method in [m for m in methods if m[0] in OPTIONAL]:
+                for d in domains:
+                    self.cell(label, arch, method, d, seed)
+        self.raw["timing"]["last_invocation_wall_s"] = round(time.perf_counter() - t_start, 1)
+        self.raw["timing"]["cells_wall_s"] = round(sum(c["wall_s"] for c in self.raw["cells"].values()), 1)
+        self.raw["timing"]["gates_wall_s"] = round(sum(c["wall_s"] for c in self.raw["gates"].values()), 1)
+        self.raw["timing"]["pretrain_wall_s"] = round(sum(c["wall_s"] for c in self.raw["pretrain"].values()), 1)
+        self.save()
+
+
+# --------------------------------------------------------------------------------------------- report
+def trunk_param_count(arch: str, width: float) -> int:
+    from mdl_core.nets.registry import get_trunk
+
+    spec = get_trunk(arch)(width)
+    n = 0
+    for d in spec.tensors.values():
+        if d.is_param:
+            k = 1
+            for s in d.shape:
+                k *= s
+            n += k
+    return n
+
+
+def param_totals(width: float, classes: dict[str, int]) -> dict[str, dict]:
+    """Parameters to serve the source + all targets: the pretrained trunk (it serves the source) plus
+    every target's own parameters (heads included), per method; computed from the networks themselves."""
+    from mdl_core import create_network
+
+    out = {}
+    for label, arch, method in METHODS:
+        net = create_network(arch, method=method, domains=classes, width=width)
+        per = net.parameter_counts()["domains"]
+        trunk = trunk_param_count(arch, width)
+        out[label] = {"trunk": trunk, "per_domain": per, "total": trunk + sum(per.values())}
+    return out
+
+
+def summarize(raw: dict, domains: list[str]) -> dict:
+    from mdl_core.scoring import domain_score
+
+    cells, seeds = raw["cells"], sorted({c["seed"] for c in raw["cells"].values()})
+    labels = [m[0] for m in METHODS if any(c["method"] == m[0] for c in cells.values())]
+
+    def acc(label, d, s, what="test_accuracy"):
+        c = cells.get(f"{label}|{d}|{s}")
+        return None if c is None else c[what]
+
+    ref = {}
+    for d in domains:
+        vals = [acc(REFERENCE, d, s) for s in seeds if acc(REFERENCE, d, s) is not None]
+        if vals:
+            ref[d] = min(sum(vals) / len(vals), 99.9)  # a 100% reference would make every error score 0
+    classes = {}
+    for c in cells.values():
+        classes[c["domain"]] = c["num_classes"]
+    classes = {d: classes[d] for d in domains if d in classes}
+    bench_params = param_totals(raw["settings"]["width"], classes)
+    full_params = param_totals(1.0, classes)
+    rows = {}
+    for label in labels:
+        complete = [s for s in seeds if all(acc(label, d, s) is not None for d in domains)]
+        per_domain = {d: mean_spread([acc(label, d, s) for s in seeds if acc(label, d, s) is not None])
+                      for d in domains}
+        means = [sum(acc(label, d, s) for d in domains) / len(domains) for s in complete]
+        scores = [sum(domain_score(acc(label, d, s), ref[d]) for d in domains) for s in complete] \
+            if len(ref) == len(domains) else []
+        recorded = {d: cells[f"{label}|{d}|{seeds[0]}"]["domain_params"] for d in domains
+                    if f"{label}|{d}|{seeds[0]}" in cells}
+        bp = bench_params[label]
+        assert all(bp["per_domain"][d] == n for d, n in recorded.items()), (label, recorded, bp)
+        rows[label] = {
+            "arch": next(m[1] for m in METHODS if m[0] == label), "seeds": complete,
+            "per_domain": per_domain, "mean": mean_spread(means), "score": mean_spread(scores),
+            "mean_per_seed": means, "score_per_seed": scores,
+            "params_ratio": bp["total"] / bench_params["dw"]["total"],
+            "params_ratio_full_width": full_params[label]["total"] / full_params["dw"]["total"],
+            "params_total": bp["total"], "params_total_full_width": full_params[label]["total"],
+            "per_domain_params_mean": sum(bp["per_domain"].values()) / len(classes),
+            "per_domain_params_mean_full_width": sum(full_params[label]["per_domain"].values()) / len(classes),
+            "train_s": sum(c["wall_s"] for c in cells.values() if c["method"] == label),
+        }
+    gates = {}
+    gcells = raw.get("gates", {})
+    for p in PLACEMENTS:
+        got = [g for g in gcells.values() if g["placement"] == p]
+        if not got:
+            continue
+        gseeds = sorted({g["seed"] for g in got})
+        complete = [s for s in gseeds if all(f"{p}|{d}|{s}" in gcells for d in domains)]
+        per_domain = {d: mean_spread([gcells[f"{p}|{d}|{s}"]["test_accuracy"] for s in gseeds if f"{p}|{d}|{s}" in gcells])
+                      for d in domains}
+        means = [sum(gcells[f"{p}|{d}|{s}"]["test_accuracy"] for d in domains) / len(domains) for s in complete]
+        base = [sum(gcells[f"{p}|{d}|{s}"]["base_test_accuracy"] for d in domains) / len(domains) for s in complete]
+        deltas = [m - b for m, b in zip(means, base)]
+        scores = [sum(domain_score(gcells[f"{p}|{d}|{s}"]["test_accuracy"], ref[d]) for d in domains)
+                  for s in complete] if len(ref) == len(domains) else []
+        gates[p] = {"seeds": complete, "per_domain": per_domain, "mean": mean_spread(means),
+                    "delta_vs_dw": mean_spread(deltas), "score": mean_spread(scores),
+                    "per_domain_delta": {d: mean_spread([gcells[f"{p}|{d}|{s}"]["test_accuracy"]
+                                                         - gcells[f"{p}|{d}|{s}"]["base_test_accuracy"]
+                                                         for s in complete]) for d in domains},
+                    "gate_params_mean": sum(gcells[f"{p}|{d}|{complete[0]}"]["gate_params"] for d in domains)
+                    / len(domains) if complete else None}
+    return {"domains": domains, "seeds": seeds, "reference": {d: round(v, 3) for d, v in ref.items()},
+            "rows": rows, "gates": gates}
+
+
+def fmt(ms, digits=1):
+    m, s = ms
+    if m != m:  # nan
+        return "–"
+    return f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def markdown(raw: dict, summ: dict) -> str:
+    cfg, domains = raw["settings"], summ["domains"]
+    lines = [f"Settings: width {cfg['width']}, {cfg['image_size']} px (crop {round(cfg['image_size'] * 7 / 8)}), "
+             f"pretrain {cfg['pretrain_epochs']} epochs (seed 0), {cfg['epochs']} epochs per (method, domain), "
+             f"gates {cfg['gate_epochs']} epochs, batch {cfg['batch_size']}, lr {cfg['lr']}, seeds "
+             f"{', '.join(map(str, summ['seeds']))}; test-split top-1 accuracy (%), mean ± half-range over seeds.",
+             f"Score reference per domain = seed-mean `{REFERENCE}` (resnet26_dw) test accuracy: "
+             + ", ".join(f"{d} {v:.1f}" for d, v in summ["reference"].items()) + ".", "",
+             "| method | trunk | #params (vs dw) | #params full width (vs dw) | "
+             + " | ".join(domains) + " | mean | score |",
+             "|---|---|---|---|" + "---|" * len(domains) + "---|---|"]
+    for label, r in summ["rows"].items():
+        lines.append(f"| {label} | {r['arch']} | {r['params_ratio']:.2f} | {r['params_ratio_full_width']:.2f} | "
+                     + " | ".join(fmt(r["per_domain"][d]) for d in domains)
+                     + f" | **{fmt(r['mean'])}** | {fmt(r['score'], 0)} |")
+    lines += ["", "#params = trunk (which also serves the source) + every target's own parameters (heads included), "
+              "relative to `dw`; the full-width column is the same count for the published widths (1.0).", ""]
+    if summ["gates"]:
+        base = summ["rows"].get("dw")
+        lines += ["Soft-sharing gates (paper Table 3) on the `dw` adapters of the same seed, mixing all "
+                  f"{len(domains) + 1} registered `dw` domains (source included):", "",
+                  "| gate placement | gate params/domain | " + " | ".join(domains) + " | mean | Δ mean vs no gate | score |",
+                  "|---|---|" + "---|" * len(domains) + "---|---|---|"]
+        if base:
+            lines.append("| none (`dw`) | 0 | " + " | ".join(fmt(base["per_domain"][d]) for d in domains)
+                         + f" | **{fmt(base['mean'])}** | – | {fmt(base['score'], 0)} |")
+        for p, g in summ["gates"].items():
+            lines.append(f"| {p} | {g['gate_params_mean']:.0f} | " + " | ".join(fmt(g["per_domain"][d]) for d in domains)
+                         + f" | **{fmt(g['mean'])}** | {g['delta_vs_dw'][0]:+.2f} ± {g['delta_vs_dw'][1]:.2f} | "
+                         f"{fmt(g['score'], 0)} |")
+    pre = raw.get("pretrain", {})
+    if pre:
+        lines += ["", "Pretraining on `source` (100 classes): " + "; ".join(
+            f"{arch}: test {p['test_accuracy']:.1f}%, trunk {p['trunk_params']:,} params, {p['wall_s']:.0f} s"
+            for arch, p in pre.items()) + "."]
+    t = raw.get("timing", {})
+    if t:
+        lines += [f"Wall time (sum over cells): pretraining {t.get('pretrain_wall_s', 0):.0f} s, adapters "
+                  f"{t.get('cells_wall_s', 0):.0f} s, gates {t.get('gates_wall_s', 0):.0f} s."]
+    return "\n".join(lines) + "\n"
+
+
+def charts(summ: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    domains, rows = summ["domains"], summ["rows"]
+    labels = list(rows)
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(15, 5.2), gridspec_kw={"width_ratios": [2.3, 1]})
+    x = np.arange(len(domains) + 1)
+    w = 0.8 / max(len(labels), 1)
+    cmap = plt.get_cmap("tab10")
+    for i, label in enumerate(labels):
+        r = rows[label]
+        ms = [r["per_domain"][d] for d in domains] + [tuple(r["mean"])]
+        ax.bar(x + (i - (len(labels) - 1) / 2) * w, [m for m, _ in ms], w, yerr=[s for _, s in ms],
+               label=label, color=cmap(i % 10), capsize=1.5, error_kw={"lw": 0.8})
+    ax.set_xticks(x, domains + ["mean"], rotation=20)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"Per-domain test accuracy (mean ± half-range over seeds {summ['seeds']})")
+    ax.legend(fontsize=8, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.12))
+    ax.grid(axis="y", alpha=0.3)
+    for i, label in enumerate(labels):
+        r = rows[label]
+        if r["score"][0] == r["score"][0]:
+            ax2.errorbar(r["params_ratio"], r["score"][0], yerr=r["score"][1], fmt="o", color=cmap(i % 10), capsize=3)
+            ax2.annotate(label, (r["params_ratio"], r["score"][0]), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    ax2.set_xscale("log")
+    ax2.set_xlabel("#params for source + all targets, relative to dw (log)")
+    ax2.set_ylabel(f"decathlon-style score (reference = {REFERENCE})")
+    ax2.set_title("Score vs parameters")
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "compare_methods.png", dpi=110)
+    plt.close(fig)
+
+    if summ["gates"]:
+        fig, ax = plt.subplots(figsize=(8, 4.2))
+        ps = list(summ["gates"])
+        for j, d in enumerate(domains):
+            ax.scatter(np.arange(len(ps)) + (j - len(domains) / 2) * 0.05,
+                       [summ["gates"][p]["per_domain_delta"][d][0] for p in ps], s=14, color=cmap(j % 10), label=d)
+        ax.bar(np.arange(len(ps)), [summ["gates"][p]["delta_vs_dw"][0] for p in ps], 0.6,
+               yerr=[summ["gates"][p]["delta_vs_dw"][1] for p in ps], color="lightgrey", edgecolor="k",
+               capsize=4, zorder=0, label="mean over domains")
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xticks(np.arange(len(ps)), ps)
+        ax.set_xlabel("gate placement")
+        ax.set_ylabel("test accuracy gain over dw without gate (points)")
+        ax.set_title("Soft-sharing gates (Table 3): gain per domain (dots) and mean (bar, ± half-range over seeds)")
+        ax.title.set_fontsize(9)
+        ax.legend(fontsize=7, ncol=2)
+        ax.grid(axis="y", alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / "compare_gates.png", dpi=110)
+        plt.close(fig)
+
+
+def report(raw: dict, domains: list[str], out: Path) -> None:
+    summ = summarize(raw, domains)
+    raw["summary"] = summ
+    write_json(out / "compare_methods.json", raw)
+    (out / "compare_methods.md").write_text(markdown(raw, summ))
+    charts(summ, out)
+    print(markdown(raw, summ))
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    from mdl_core.data import list_builtin
+
+    domains = a.domains or [d for d in list_builtin() if d != SOURCE]
+    a.out.mkdir(parents=True, exist_ok=True)
+    if a.report_only:
+        report(json.loads((a.out / "compare_methods.json").read_text()), domains, a.out)
+        return
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
+    runner = Runner(a)
+    runner.raw["command"] = "python bench/compare_methods.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    runner.run(domains)
+    report(runner.raw, domains, a.out)
+
+
+if __name__ == "__main__":
+    main()
