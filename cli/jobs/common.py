@@ -33,10 +33,12 @@ def run_key(**fields: Any) -> tuple[str, dict]:
 
 
 def compatible(arch: str, method: str) -> bool:
-    from mdl_core import create_network
+    """Whether `method`'s parameter partition applies to trunk `arch` (the method registry says)."""
+    import mdl_core.nets  # noqa: F401  (registers trunks and methods)
+    from mdl_core.nets.registry import get_method
 
     try:
-        create_network(arch, method=method, domains={}, width=0.0625)
+        get_method(method)().check_trunk(arch)
     except ValueError:
         return False
     return True

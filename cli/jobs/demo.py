@@ -21,12 +21,12 @@ class DemoPlan:
     arch: str = "resnet26_dw"
     width: float = 0.25
     image_size: int = 32
-    pretrain_epochs: int = 4
-    domain_epochs: int = 3
-    reference_epochs: int = 3  # a `finetune` run per domain: the reference its decathlon score is measured against
-    gate_epochs: int = 2
+    pretrain_epochs: int = 5
+    domain_epochs: int = 5
+    reference_epochs: int = 5  # a `finetune` run per domain (same budget): the reference its decathlon score uses
+    gate_epochs: int = 1
     gate_placement: str = "late"
-    batch_size: int = 128
+    batch_size: int = 64
     lr: float = 0.1
 
 

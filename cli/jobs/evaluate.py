@@ -24,7 +24,7 @@ def score(reg: Registry, *, split: str = "val", results: Path | None = None, dev
         raise ValueError(f"unknown --split {split!r}: choose val or test")
     versions = reg.current_versions()
     if not versions:
-        raise ValueError(f"no domains registered in {reg.home}", )
+        raise ValueError(f"no domains registered in {reg.home} (next: `mdl pretrain --data SRC`)")
     dev = DeviceSetup.resolve(device)
     loader = NetworkLoader(reg)
     rows, accuracies, submission = [], {}, []
