@@ -1,6 +1,6 @@
 """Every method on every bundled target domain, same budget and seeds: the paper's Table 2 and Table 3.
 
-    MDL_CACHE=/tmp/benchcache PYTHONPATH=. python bench/compare_methods.py            # full run (~30 min, 2 CPUs)
+    MDL_CACHE=/tmp/benchcache OMP_NUM_THREADS=1 PYTHONPATH=. python bench/compare_methods.py --threads 1   # ~30 min
     PYTHONPATH=. python bench/compare_methods.py --quick                              # smoke test (seconds)
     PYTHONPATH=. python bench/compare_methods.py --report-only                        # tables/chart from the JSON
 
@@ -62,6 +62,9 @@ def parse_args(argv=None):
     ap.add_argument("--gate-epochs", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=0.1)
+    ap.add_argument("--scale", type=float, default=0.25,
+                    help="size of the target domains (MDL_BUILTIN_SCALE: 1 = full; 0.25 keeps a quarter of every split)")
+    ap.add_argument("--source-scale", type=float, default=1.0, help="size of the pretraining source domain")
     ap.add_argument("--methods", nargs="+", default=[m[0] for m in METHODS], choices=[m[0] for m in METHODS])
     ap.add_argument("--domains", nargs="+", default=None, help="target domains (default: every builtin but source)")
     ap.add_argument("--placements", nargs="*", default=PLACEMENTS, choices=PLACEMENTS)
@@ -76,7 +79,7 @@ def parse_args(argv=None):
     ap.add_argument("--fresh", action="store_true", help="start over: ignore finished cells in the raw JSON, wipe the registry homes")
     a = ap.parse_args(argv)
     if a.quick:
-        os.environ.setdefault("MDL_BUILTIN_SCALE", "0.05")
+        a.scale = a.source_scale = 0.05
         a.seeds, a.pretrain_epochs, a.epochs, a.gate_epochs = [0], 1, 1, 1
         a.methods, a.domains, a.placements = ["dw", "finetune"], a.domains or ["photos", "digits"], ["late"]
         a.work = a.work / "quick"
@@ -88,7 +91,7 @@ def settings(a) -> dict:
     """What the results depend on (a changed value invalidates the cached cells)."""
     return {"width": a.width, "image_size": a.image_size, "pretrain_epochs": a.pretrain_epochs, "epochs": a.epochs,
             "gate_epochs": a.gate_epochs, "batch_size": a.batch_size, "lr": a.lr,
-            "builtin_scale": float(os.environ.get("MDL_BUILTIN_SCALE", "1")), "pretrain_seed": 0,
+            "target_scale": a.scale, "source_scale": a.source_scale, "pretrain_seed": 0,
             "workers": 0, "device": "cpu"}
 
 
@@ -137,6 +140,7 @@ class Runner:
                     shutil.rmtree(home)
                     reg, _ = Registry.init(home)
                 t0 = time.perf_counter()
+                os.environ["MDL_BUILTIN_SCALE"] = str(self.a.source_scale)
                 trunk, src = pretrain(reg, f"builtin:{SOURCE}", name=SOURCE, arch=arch, width=self.a.width,
                                       image_size=self.a.image_size, opts=self.opts(self.a.pretrain_epochs, 0))
                 self.raw["pretrain"][arch] = {
@@ -169,6 +173,7 @@ class Runner:
         reg = Registry.open(self.home(arch, method, seed))
         try:
             t0 = time.perf_counter()
+            os.environ["MDL_BUILTIN_SCALE"] = str(self.a.scale)
             v = add_domain(reg, domain, f"builtin:{domain}", method=method, trunk=arch,
                            opts=self.opts(self.a.epochs, seed))
             wall = time.perf_counter() - t0
@@ -197,6 +202,7 @@ class Runner:
         reg = Registry.open(self.home("resnet26_dw", "dw", seed))
         try:
             t0 = time.perf_counter()
+            os.environ["MDL_BUILTIN_SCALE"] = str(self.a.scale)
             target = reg.domain_version(domain)
             assert target.method == "dw", target
             g = train_gate(reg, target, GateOptions(placement=placement, epochs=self.a.gate_epochs, lr=self.a.lr,
@@ -355,7 +361,8 @@ def markdown(raw: dict, summ: dict) -> str:
     cfg, domains = raw["settings"], summ["domains"]
     lines = [f"Settings: width {cfg['width']}, {cfg['image_size']} px (crop {round(cfg['image_size'] * 7 / 8)}), "
              f"pretrain {cfg['pretrain_epochs']} epochs (seed 0), {cfg['epochs']} epochs per (method, domain), "
-             f"gates {cfg['gate_epochs']} epochs, batch {cfg['batch_size']}, lr {cfg['lr']}, seeds "
+             f"gates {cfg['gate_epochs']} epochs, batch {cfg['batch_size']}, lr {cfg['lr']}, builtin scale: source "
+             f"{cfg['source_scale']:g}, targets {cfg['target_scale']:g}, seeds "
              f"{', '.join(map(str, summ['seeds']))}; test-split top-1 accuracy (%), mean ± half-range over seeds.",
              f"Score reference per domain = seed-mean `{REFERENCE}` (resnet26_dw) test accuracy: "
              + ", ".join(f"{d} {v:.1f}" for d, v in summ["reference"].items()) + ".", "",

@@ -109,7 +109,7 @@ def test_killed_add_domain_registers_nothing_and_resume_finishes(tmp_path, trees
     home = tmp_path / "home"
     subprocess.run(["cp", "-r", str(chain), str(home)], check=True)
     before = invoke("list", "--json", home=home).json()
-    args = [sys.executable, "-m", "cli", "add-domain", "gamma", "--data", str(trees["src"]), "--epochs", "8",
+    args = [sys.executable, "-m", "cli", "add-domain", "gamma", "--data", str(trees["src"]), "--epochs", "4",
             "--batch-size", "16", "--device", "cpu", "--home", str(home)]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.time() + 300
@@ -124,12 +124,12 @@ def test_killed_add_domain_registers_nothing_and_resume_finishes(tmp_path, trees
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert invoke("list", "--json", home=home).json() == before  # nothing registered
-    res = invoke("add-domain", "gamma", "--data", str(trees["src"]), "--epochs", "8", "--batch-size", "16",
+    res = invoke("add-domain", "gamma", "--data", str(trees["src"]), "--epochs", "4", "--batch-size", "16",
                   "--device", "cpu", "--resume", "--json", home=home)
     assert res.code == 0, res.stderr
     shown = invoke("show", "gamma", "--json", home=home).json()["versions"]
     assert len(shown) == 1 and shown[0]["config"]["resumed_from_epoch"] >= 1
-    assert len(shown[0]["config"]["history"]) == 8
+    assert len(shown[0]["config"]["history"]) == 4
     assert not any((home / "runs").glob("add-domain-gamma-*/state.json"))  # run folder cleaned up
 
 
