@@ -58,9 +58,10 @@ def parse_args(argv=None):
     ap.add_argument("--width", type=float, default=0.25)
     ap.add_argument("--image-size", type=int, default=32, help="resize size; training crops 7/8 of it")
     ap.add_argument("--pretrain-epochs", type=int, default=4)
-    ap.add_argument("--epochs", type=int, default=3, help="epochs per (method, domain)")
+    ap.add_argument("--epochs", type=int, default=4, help="epochs per (method, domain)")
     ap.add_argument("--gate-epochs", type=int, default=2)
-    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--batch-size", type=int, default=64, help="per (method, domain) and for gates")
+    ap.add_argument("--pretrain-batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=0.1)
     ap.add_argument("--scale", type=float, default=0.25,
                     help="size of the target domains (MDL_BUILTIN_SCALE: 1 = full; 0.25 keeps a quarter of every split)")
@@ -90,7 +91,7 @@ def parse_args(argv=None):
 def settings(a) -> dict:
     """What the results depend on (a changed value invalidates the cached cells)."""
     return {"width": a.width, "image_size": a.image_size, "pretrain_epochs": a.pretrain_epochs, "epochs": a.epochs,
-            "gate_epochs": a.gate_epochs, "batch_size": a.batch_size, "lr": a.lr,
+            "gate_epochs": a.gate_epochs, "batch_size": a.batch_size, "pretrain_batch_size": a.pretrain_batch_size, "lr": a.lr,
             "target_scale": a.scale, "source_scale": a.source_scale, "pretrain_seed": 0,
             "workers": 0, "device": "cpu"}
 
@@ -120,11 +121,11 @@ class Runner:
         self.raw["machine"] = machine()
         write_json(self.raw_path, self.raw)
 
-    def opts(self, epochs: int, seed: int):
+    def opts(self, epochs: int, seed: int, batch_size: int | None = None):
         from cli.jobs.train import TrainOptions
 
-        return TrainOptions(epochs=epochs, lr=self.a.lr, batch_size=self.a.batch_size, device="cpu", workers=0,
-                            seed=seed)
+        return TrainOptions(epochs=epochs, lr=self.a.lr, batch_size=batch_size or self.a.batch_size, device="cpu",
+                            workers=0, seed=seed)
 
     def base_home(self, arch: str) -> Path:
         """The trunk's registry home: pretrained once (seed 0) and reused."""
@@ -142,7 +143,7 @@ class Runner:
                 t0 = time.perf_counter()
                 os.environ["MDL_BUILTIN_SCALE"] = str(self.a.source_scale)
                 trunk, src = pretrain(reg, f"builtin:{SOURCE}", name=SOURCE, arch=arch, width=self.a.width,
-                                      image_size=self.a.image_size, opts=self.opts(self.a.pretrain_epochs, 0))
+                                      image_size=self.a.image_size, opts=self.opts(self.a.pretrain_epochs, 0, self.a.pretrain_batch_size))
                 self.raw["pretrain"][arch] = {
                     "val_accuracy": src.accuracy, "test_accuracy": src.config["test_accuracy"],
                     "trunk_params": trunk.num_params, "source_domain_params": src.domain_params,
@@ -361,7 +362,7 @@ def markdown(raw: dict, summ: dict) -> str:
     cfg, domains = raw["settings"], summ["domains"]
     lines = [f"Settings: width {cfg['width']}, {cfg['image_size']} px (crop {round(cfg['image_size'] * 7 / 8)}), "
              f"pretrain {cfg['pretrain_epochs']} epochs (seed 0), {cfg['epochs']} epochs per (method, domain), "
-             f"gates {cfg['gate_epochs']} epochs, batch {cfg['batch_size']}, lr {cfg['lr']}, builtin scale: source "
+             f"gates {cfg['gate_epochs']} epochs, batch {cfg['batch_size']} (pretraining {cfg['pretrain_batch_size']}), lr {cfg['lr']}, builtin scale: source "
              f"{cfg['source_scale']:g}, targets {cfg['target_scale']:g}, seeds "
              f"{', '.join(map(str, summ['seeds']))}; test-split top-1 accuracy (%), mean ± half-range over seeds.",
              f"Score reference per domain = seed-mean `{REFERENCE}` (resnet26_dw) test accuracy: "

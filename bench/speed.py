@@ -1,6 +1,6 @@
 """Speed and memory of the `dw` design, as ratios measured in one run on one machine.
 
-    PYTHONPATH=. python bench/speed.py            # full run (~6 min on 2 CPUs); writes bench/results/speed.{json,md,png}
+    OMP_NUM_THREADS=1 PYTHONPATH=. python bench/speed.py --threads 1   # full run (~7 min); bench/results/speed.{json,md,png}
     PYTHONPATH=. python bench/speed.py --quick    # smoke test (seconds), writes to /tmp
 
 Training (resnet26_dw, random inputs, SGD momentum + weight decay, one step = forward, cross-entropy,
@@ -57,6 +57,7 @@ def parse_args(argv=None):
     ap.add_argument("--quick", action="store_true", help="smoke test: tiny sizes, 2 repeats, output under /tmp")
     ap.add_argument("--no-memory", action="store_true", help="skip the per-configuration memory subprocesses")
     ap.add_argument("--peak-tflops", type=float, default=None, help="GPU peak (bf16 dense) if not in the table")
+    ap.add_argument("--report-only", action="store_true", help="rebuild speed.md and speed.png from speed.json")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.quick:
@@ -68,7 +69,7 @@ def train_configs(quick: bool) -> list[dict]:
     if quick:
         return [{"width": 0.25, "px": 28, "batch": 16}]
     return [{"width": 0.25, "px": 28, "batch": 128},  # the demo's setting (32 px resized, 28 crop)
-            {"width": 1.0, "px": 64, "batch": 32}]    # the paper's network at 64 px
+            {"width": 1.0, "px": 64, "batch": 16}]    # the paper's network at 64 px
 
 
 def infer_configs(quick: bool) -> list[dict]:
@@ -354,7 +355,8 @@ def _short(row):
 def markdown(res: dict) -> str:
     m = res["machine"]
     L = [f"Machine: {m['cpu']}, {m['cpus']} cores, torch {m['torch']} ({m['torch_threads']} threads)"
-         + (f", GPU {m['cuda']}" if m.get("cuda") else ", no GPU") + f"; median of {res['repeats']} interleaved rounds.", "",
+         + (f", GPU {m['cuda']}" if m.get("cuda") else ", no GPU") + f"; median of {res['repeats']} interleaved rounds; "
+         f"load average at start {m.get('load_average_1_5_15')}.", "",
          "Training step (resnet26_dw, SGD): `dw` add-domain vs `finetune` of the same network", "",
          "| device | width | px | batch | layout | dw img/s | finetune img/s | **dw / finetune** | trainable params dw / ft | "
          "GFLOP/step dw / ft (GFLOP/s reached) | peak RSS MiB dw / ft (growth) |",
@@ -377,10 +379,10 @@ def markdown(res: dict) -> str:
                  f"{r['gflop_per_step']['dw']:.2f} / {r['gflop_per_step']['finetune']:.2f} "
                  f"({r['achieved_gflop_per_s']['dw']:.1f} / {r['achieved_gflop_per_s']['finetune']:.1f}){frac} | {mem_s} |")
     L += ["", "Inference of a batch mixing all 7 target domains (k images each), eval mode", "",
-          "| device | width | px | k | batch | stacked img/s | loop img/s | separate img/s | single-domain floor img/s | "
-          "**stacked / loop** | **stacked / separate** | max abs diff (max abs logit) | weights multi-domain net / 7 separate nets | "
+          "| device | width | px | k | batch | layout | stacked img/s | loop img/s | separate img/s | single-domain floor img/s | "
+          "**stacked / loop** | **stacked / separate** | max abs diff (max abs logit) | state-dict elements: multi-domain net / 7 separate nets | "
           "peak RSS MiB stacked / loop / separate (growth) |",
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["infer"]:
         mem = r.get("memory")
         if mem:
@@ -391,7 +393,7 @@ def markdown(res: dict) -> str:
         else:
             mem_s = "–"
         dev = r["device"] + ("" if r["dtype"] == "float32" else " " + r["dtype"])
-        L.append(f"| {dev} | {r['width']} | {r['px']} | {r['per_domain']} | {r['batch']} | {r['stacked_img_per_s']:.0f} | "
+        L.append(f"| {dev} | {r['width']} | {r['px']} | {r['per_domain']} | {r['batch']} | {r['layout']} | {r['stacked_img_per_s']:.0f} | "
                  f"{r['loop_img_per_s']:.0f} | {r['separate_img_per_s']:.0f} | {r['single_img_per_s']:.0f} | "
                  f"**{r['stacked_over_loop']:.2f}x** | **{r['stacked_over_separate']:.2f}x** | "
                  f"{r['max_abs_diff']:.1e} ({r['max_abs_logit']:.0f}) | "
@@ -431,10 +433,11 @@ def chart(res: dict, out: Path) -> None:
     for i, r in enumerate(inf):
         ax.annotate(f"{r['stacked_over_loop']:.2f}x", (i, max(r[f'{k}_img_per_s'] for k in modes)), ha="center",
                     va="bottom", fontsize=7)
-    ax.set_xticks(x, [f"w{r['width']}\n{r['px']}px\nk={r['per_domain']}" for r in inf], fontsize=7)
+    ax.set_xticks(x, [f"w{r['width']}\n{r['px']}px\nk={r['per_domain']}\n{'NCHW' if r['layout'] == 'nchw' else 'CL'}"
+                      for r in inf], fontsize=7)
     ax.set_yscale("log")
     ax.set_ylabel("inference images/s (log)")
-    ax.set_title("Mixed 7-domain batch (stacked/loop on top)")
+    ax.set_title("Mixed 7-domain batch (stacked/loop on top; CL = channels_last)")
     ax.legend(fontsize=7)
     ax = axes[2]
     mem_rows = [r for r in inf if r.get("memory")]
@@ -442,7 +445,8 @@ def chart(res: dict, out: Path) -> None:
         x = np.arange(len(mem_rows))
         for j, k in enumerate(["stacked", "loop", "separate"]):
             ax.bar(x + (j - 1) * 0.27, [r["memory"][k]["peak_rss_mib"] for r in mem_rows], 0.27, label=k)
-        ax.set_xticks(x, [f"w{r['width']}\n{r['px']}px\nk={r['per_domain']}" for r in mem_rows], fontsize=7)
+        ax.set_xticks(x, [f"w{r['width']}\n{r['px']}px\nk={r['per_domain']}\n{'NCHW' if r['layout'] == 'nchw' else 'CL'}"
+                          for r in mem_rows], fontsize=7)
         ax.set_ylabel("peak RSS of a fresh process (MiB)")
         ax.set_title("Inference peak memory (CPU)")
         ax.legend(fontsize=8)
@@ -455,6 +459,12 @@ def main(argv=None):
     a = parse_args(argv)
     if a.child:
         print(json.dumps(child(json.loads(a.child))))
+        return
+    if a.report_only:
+        res = json.loads((a.out / "speed.json").read_text())
+        (a.out / "speed.md").write_text(markdown(res))
+        chart(res, a.out)
+        print(markdown(res))
         return
     import torch
 
