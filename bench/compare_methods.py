@@ -431,6 +431,8 @@ def charts(summ: dict, out: Path) -> None:
             ax2.errorbar(r["params_ratio"], r["score"][0], yerr=r["score"][1], fmt="o", color=cmap(i % 10), capsize=3)
             ax2.annotate(label, (r["params_ratio"], r["score"][0]), fontsize=8, xytext=(4, 4), textcoords="offset points")
     ax2.set_xscale("log")
+    ax2.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax2.set_xticks([0.5, 1, 2, 4, 8], ["0.5", "1", "2", "4", "8"])
     ax2.set_xlabel("#params for source + all targets, relative to dw (log)")
     ax2.set_ylabel(f"decathlon-style score (reference = {REFERENCE})")
     ax2.set_title("Score vs parameters")
