@@ -28,6 +28,7 @@ def test_demo_runs_then_reuses(tmp_path, small_builtins):
         assert [v.method for v in reg.domain_versions(name)] == ["finetune", "dw"]
         assert current[name].method == "dw" and current[name].reference_accuracy is not None
         assert reg.current_gate(current[name].id) is not None
+    assert reg.current_gate(current[TOY.source].id) is None  # the trunk's own source domain is not gated
     report = first["score"]
     assert {d["name"] for d in report["domains"]} == set(current)
     assert all(d["score"] is not None for d in report["domains"] if d["name"] in targets)

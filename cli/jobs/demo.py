@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cli._output import info
 from cli.jobs.evaluate import score
-from cli.jobs.gates import GateOptions, train_gate
+from cli.jobs.gates import GateOptions, gate_targets, train_gate
 from cli.jobs.train import TrainOptions, add_domain, pretrain
 from registry.store import Registry
 
@@ -22,8 +22,8 @@ class DemoPlan:
     width: float = 0.25
     image_size: int = 32
     pretrain_epochs: int = 5
-    domain_epochs: int = 5
-    reference_epochs: int = 5  # a `finetune` run per domain (same budget): the reference its decathlon score uses
+    domain_epochs: int = 3
+    reference_epochs: int = 3  # a `finetune` run per domain (same budget): the reference its decathlon score uses
     gate_epochs: int = 1
     gate_placement: str = "late"
     batch_size: int = 64
@@ -56,8 +56,8 @@ def run(home: Path, *, device: str = "auto", workers: int = 0, plan: DemoPlan = 
         if "dw" not in methods:
             add_domain(reg, name, f"builtin:{name}", method="dw", trunk=plan.arch, opts=opts(plan.domain_epochs))
     if plan.gate_epochs:
-        for v in reg.current_versions():
-            if v.method == "dw" and reg.current_gate(v.id) is None:
+        for v in gate_targets(reg, None):
+            if reg.current_gate(v.id) is None:
                 train_gate(reg, v, GateOptions(placement=plan.gate_placement, epochs=plan.gate_epochs, lr=plan.lr,
                                                batch_size=plan.batch_size, device=device, workers=workers))
     report = score(reg, split="val", device=device, workers=workers)

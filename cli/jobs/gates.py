@@ -23,9 +23,11 @@ class GateOptions:
 
 
 def gate_targets(reg: Registry, names: list[str] | None) -> list[DomainVersionRecord]:
+    """The named domains, or by default every current dw domain added to a trunk (not the trunks'
+    own source domains: the paper gates the domains added later)."""
     current = [v for v in reg.current_versions() if v.method == GATED_METHOD]
     if not names:
-        return current
+        return [v for v in current if v.config.get("role") != "trunk source"]
     by_name = {v.name: v for v in current}
     for n in names:
         if n not in by_name:
