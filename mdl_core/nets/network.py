@@ -193,14 +193,17 @@ class MultiDomainNet(nn.Module):
         self._check_domain(domain)
         return self.domain_store[domain].params()
 
-    def set_trainable(self, domain: str) -> list[nn.Parameter]:
-        """requires_grad True only for ``domain``'s own parameters; returns them."""
-        params = self.trainable_parameters(domain)
+    def _train_only(self, params: list[nn.Parameter]) -> list[nn.Parameter]:
+        """requires_grad True for ``params`` and False for every other parameter; returns ``params``."""
         for p in self.parameters():
             p.requires_grad_(False)
         for p in params:
             p.requires_grad_(True)
         return params
+
+    def set_trainable(self, domain: str) -> list[nn.Parameter]:
+        """requires_grad True only for ``domain``'s own parameters; returns them."""
+        return self._train_only(self.trainable_parameters(domain))
 
     def train_domain(self, domain: str) -> list[nn.Parameter]:
         self.train()
@@ -237,12 +240,8 @@ class MultiDomainNet(nn.Module):
         return list(self._check_gate(target).parameters())
 
     def set_trainable_gate(self, target: str) -> list[nn.Parameter]:
-        params = self.gate_parameters(target)
-        for p in self.parameters():
-            p.requires_grad_(False)
-        for p in params:
-            p.requires_grad_(True)
-        return params
+        """requires_grad True only for ``target``'s gate; returns its parameters."""
+        return self._train_only(self.gate_parameters(target))
 
     def gate_meta(self, target: str) -> dict:
         return self._check_gate(target).meta()
