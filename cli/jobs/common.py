@@ -56,12 +56,13 @@ def pick_trunk(reg: Registry, method: str, trunk: str | None = None) -> TrunkRec
         if not compatible(record.arch, method):
             raise ValueError(f"method {method!r} cannot use trunk {record.label}")
         return record
-    for record in sorted(reg.trunks(), key=lambda t: t.created_at, reverse=True):
+    trunks = reg.trunks()
+    for record in sorted(trunks, key=lambda t: t.created_at, reverse=True):
         if compatible(record.arch, method):
             return record
-    if not reg.trunks():
+    if not trunks:
         raise NotFound(f"no trunk in {reg.home} yet", hint=f"run `mdl pretrain --data SRC --home {reg.home}` first")
-    archs = ", ".join(sorted({t.arch for t in reg.trunks()}))
+    archs = ", ".join(sorted({t.arch for t in trunks}))
     raise ValueError(f"no registered trunk can host method {method!r} (registered: {archs})")
 
 
@@ -86,10 +87,9 @@ class NetworkLoader:
             self.add_version(net, v)
         return net
 
-    def add_version(self, net, v: DomainVersionRecord, as_name: str | None = None) -> None:
-        name = as_name or v.name
-        net.add_domain(name, v.num_classes)
-        net.load_domain_state_dict(name, self.reg.load_tensors(v.artifact))
+    def add_version(self, net, v: DomainVersionRecord) -> None:
+        net.add_domain(v.name, v.num_classes)
+        net.load_domain_state_dict(v.name, self.reg.load_tensors(v.artifact))
 
 
 def open_data(src: str, name: str, *, image_size: int, mean_std=None, on_bad_image: str = "fail",

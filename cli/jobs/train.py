@@ -56,7 +56,7 @@ def _checkpoint(reg: Registry, name: str, key: dict, resume: bool):
     return checkpoint
 
 
-def _fit(net, params, dd, opts: TrainOptions, recipe, checkpoint, *, snapshot, restore, train_mode, forward_kw):
+def _fit(net, params, dd, opts: TrainOptions, recipe, checkpoint, *, snapshot, restore, forward_kw):
     import torch
 
     from mdl_core.training import DeviceSetup, fit
@@ -67,8 +67,7 @@ def _fit(net, params, dd, opts: TrainOptions, recipe, checkpoint, *, snapshot, r
     torch.manual_seed(opts.seed)
     with progress() as bar:
         result = fit(net, params, train_loader, val_loader, recipe, dev, snapshot=snapshot, restore=restore,
-                     forward_kw=forward_kw, checkpoint=checkpoint, resume=opts.resume, progress=bar,
-                     train_mode=train_mode)
+                     forward_kw=forward_kw, checkpoint=checkpoint, resume=opts.resume, progress=bar)
     return result, dev
 
 
@@ -88,15 +87,15 @@ def pretrain(reg: Registry, src: str, *, name: str | None, arch: str, width: flo
     def params():
         return [p.requires_grad_(True) for p in net.parameters()]
     recipe = _recipe(opts, opts.weight_decay if opts.weight_decay is not None else 1e-4)
-    key = {"job": "pretrain", "src": data_record(dd, src, opts.seed)["fingerprint"], "arch": arch, "width": width,
+    record = data_record(dd, src, opts.seed)
+    key = {"job": "pretrain", "src": record["fingerprint"], "arch": arch, "width": width,
            "image_size": image_size, "recipe": recipe.to_dict()}
     checkpoint = _checkpoint(reg, name, key, opts.resume)
     info(f"Pretraining {arch} (width {width:g}) on {name}: {dd.num_classes} classes, "
          f"{len(dd.splits['train'])} train / {len(dd.splits['val'])} val images at {image_size}px")
     result, dev = _fit(
         net, params, dd, opts, recipe, checkpoint,
-        snapshot=lambda: {k: v for k, v in net.state_dict().items()},
-        restore=lambda t: net.load_state_dict(t), train_mode=net.train, forward_kw={"domain": name})
+        snapshot=net.state_dict, restore=net.load_state_dict, forward_kw={"domain": name})
     test_acc = _test_accuracy(net, dd, opts, dev, domain=name)
     net.cpu()
     trunk_tensors = net.trunk_state_dict(name)
@@ -104,7 +103,7 @@ def pretrain(reg: Registry, src: str, *, name: str | None, arch: str, width: flo
     trunk_params = sum(v.numel() for k, v in trunk_tensors.items() if not k.endswith(BN_STATISTICS))
     config = {"image_size": dd.image_size, "crop": dd.crop, "recipe": recipe.to_dict(), "history": result.history,
               "best_epoch": result.best_epoch, "val_accuracy": result.best_accuracy, "device": str(dev.device),
-              "train_images_per_s": result.images_per_s, "data": data_record(dd, src, opts.seed)}
+              "train_images_per_s": result.images_per_s, "data": record}
     trunk = reg.add_trunk(arch=arch, width=width, source=name, num_params=trunk_params,
                           config=config, tensors=trunk_tensors)
 
@@ -115,7 +114,7 @@ def pretrain(reg: Registry, src: str, *, name: str | None, arch: str, width: flo
     src_net.load_domain_state_dict(name, src_net.domain_state_dict(name) | head)
     version = reg.add_domain_version(
         name=name, method=method, num_classes=dd.num_classes, domain_params=src_net.parameter_counts()["domains"][name],
-        accuracy=result.best_accuracy, trunk_id=trunk.id, classes=list(dd.classes), data=data_record(dd, src, opts.seed),
+        accuracy=result.best_accuracy, trunk_id=trunk.id, classes=list(dd.classes), data=record,
         config={"recipe": recipe.to_dict(), "history": result.history, "best_epoch": result.best_epoch,
                 "role": "trunk source", "test_accuracy": test_acc},
         tensors=src_net.domain_state_dict(name))
@@ -148,8 +147,7 @@ def add_domain(reg: Registry, name: str, src: str, *, method: str, trunk: str | 
     result, dev = _fit(
         net, lambda: net.set_trainable(name), dd, opts, recipe, checkpoint,
         snapshot=lambda: net.domain_state_dict(name),
-        restore=lambda t: net.load_domain_state_dict(name, t),
-        train_mode=lambda: net.train_domain(name), forward_kw={"domain": name})
+        restore=lambda t: net.load_domain_state_dict(name, t), forward_kw={"domain": name})
     test_acc = _test_accuracy(net, dd, opts, dev, domain=name)
     net.cpu()
     version = reg.add_domain_version(
