@@ -9,7 +9,7 @@ def trunk_with_stats(width=0.125):
     torch.manual_seed(0)
     ft = create_network("resnet26", method="finetune", domains={"src": 4}, width=width)
     with torch.no_grad():
-        for k, t in ft.domain_store["src"].flat().items():
+        for k, t in ft.domain_tensors("src").items():
             if k.endswith("running_var"):
                 t.uniform_(0.5, 2.0)
             elif k.endswith(("running_mean", "bias")):
@@ -31,7 +31,7 @@ def test_zero_adapter_reproduces_base(method):
     net = build(method, trunk)
     with torch.no_grad():
         for k in ("head.weight", "head.bias"):
-            net.domain_store["d"].get(k).copy_(base.domain_store["d"].get(k))
+            net.domain_tensors("d")[k].copy_(base.domain_tensors("d")[k])
     x = torch.randn(4, 3, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(net(x, "d"), base(x, "d"), rtol=0, atol=0)
@@ -40,8 +40,8 @@ def test_zero_adapter_reproduces_base(method):
 def test_fused_equals_unfused_and_unfuse_recovers():
     net = build("parallel-adapter", trunk_with_stats())
     with torch.no_grad():
-        for k, t in net.domain_store["d"].flat().items():
-            if ".pa" in k:
+        for k, t in net.domain_tensors("d").items():
+            if ".adapter." in k:
                 t.normal_(0, 0.05)
     before = net.domain_state_dict("d")
     x = torch.randn(4, 3, 16, 16)

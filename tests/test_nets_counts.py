@@ -20,8 +20,8 @@ BLOCK_CONV_R = 9 * ((32 * 64 + 7 * 64 * 64) + (64 * 128 + 7 * 128 * 128)
                     + (128 * 256 + 7 * 256 * 256))                     # 5,806,080
 CONV_R = STEM_R + BLOCK_CONV_R                                          # 5,806,944
 BN_R = 2 * (32 + 8 * 64 + 8 * 128 + 8 * 256)                           # 7,232
-PARALLEL = BLOCK_CONV_R // 9                                           # 645,120 (1x1 beside each block 3x3)
-SERIES = (8 * 64 * 64 + 8 * 128 * 128 + 8 * 256 * 256) + 2 * 8 * (64 + 128 + 256)  # 688,128 + 7,168
+PARALLEL = CONV_R // 9                                                 # 645,216 (1x1 beside every 3x3, stem too)
+SERIES = (32 * 32 + 8 * 64 * 64 + 8 * 128 * 128 + 8 * 256 * 256) + 2 * (32 + 8 * (64 + 128 + 256))  # 689,152 + 7,232
 
 
 def head(c, k):
@@ -32,7 +32,7 @@ def test_arithmetic_matches_design_numbers():
     assert (STEM_DW, DEPTHWISE, POINTWISE, BN_DW) == (1_728, 60_480, 2_580_480, 14_464)
     assert TRUNK_DW == 2_657_152 and TRUNK_DW + SOURCE_HEAD == 3_170_152
     assert DW_DOMAIN == 337_088
-    assert CONV_R == 5_806_944 and PARALLEL == 645_120 and SERIES == 695_296
+    assert CONV_R == 5_806_944 and PARALLEL == 645_216 and SERIES == 696_384
 
 
 def test_registries():
@@ -43,7 +43,8 @@ def test_registries():
 
 @pytest.mark.parametrize("arch,method,shared,per_domain", [
     ("resnet26_dw", "dw", STEM_DW + POINTWISE - LAST_PW, DW_DOMAIN),
-    ("resnet26_dw", "dw-sharing", STEM_DW + DEPTHWISE, POINTWISE + BN_DW),
+    # every dense conv is per-domain under dw-sharing, the dense 3x3 stem included
+    ("resnet26_dw", "dw-sharing", DEPTHWISE, STEM_DW + POINTWISE + BN_DW),
     ("resnet26_dw", "classifier-only", TRUNK_DW, 0),
     ("resnet26_dw", "finetune", 0, TRUNK_DW),
     ("resnet26", "classifier-only", CONV_R + BN_R, 0),

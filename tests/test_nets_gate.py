@@ -11,8 +11,8 @@ def make():
     torch.manual_seed(0)
     net = create_network("resnet26_dw", method="dw", domains={"a": 5, "b": 3, "c": 4}, width=0.125)
     with torch.no_grad():
-        for store in net.domain_store.values():
-            for k, t in store.flat().items():
+        for d in net.domains:
+            for k, t in net.domain_tensors(d).items():
                 if not k.endswith("running_var"):
                     t.add_(0.05 * torch.randn_like(t))
     return net.eval()

@@ -12,8 +12,8 @@ def make(arch, method):
     torch.manual_seed(0)
     net = create_network(arch, method=method, domains={"a": 5, "b": 3, "c": 7}, width=0.125)
     with torch.no_grad():  # make every domain's tensors differ (BN stats included)
-        for store in net.domain_store.values():
-            for k, t in store.flat().items():
+        for d in net.domains:
+            for k, t in net.domain_tensors(d).items():
                 t.mul_(1 + 0.2 * torch.rand_like(t)) if k.endswith("running_var") else t.add_(0.05 * torch.randn_like(t))
     return net.eval()
 
@@ -55,7 +55,7 @@ def test_mixed_batch_in_train_mode_uses_per_domain_batch_stats():
     x = torch.randn(len(NAMES), 3, 16, 16)
     out = net(x, domain=NAMES)
     out[torch.isfinite(out)].sum().backward()  # differentiable through the padding
-    assert net.domain_store["c"].get("head.weight").grad is not None
+    assert net.domain_tensors("c")["head.weight"].grad is not None
 
 
 def test_stacked_channels_last_equals_nchw():
@@ -74,6 +74,6 @@ def test_stack_cache_sees_in_place_updates():
     x = torch.randn(len(NAMES), 3, 16, 16)
     with torch.no_grad():
         net(x, domain=NAMES)  # fills the cache
-        net.domain_store["b"].get("s1.b0.dw1.weight").mul_(2.0)
-        net.domain_store["c"].get("s2.b1.bn2.running_var").mul_(3.0)
+        net.domain_tensors("b")["s1.b0.dw1.weight"].mul_(2.0)
+        net.domain_tensors("c")["s2.b1.bn2.running_var"].mul_(3.0)
         check_against_single(net, x, net(x, domain=NAMES))

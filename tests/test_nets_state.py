@@ -12,7 +12,7 @@ def test_domain_roundtrip_through_safetensors_bytes(arch, method):
     torch.manual_seed(0)
     net = create_network(arch, method=method, domains={"a": 5, "b": 3}, width=0.125)
     with torch.no_grad():
-        for t in net.domain_store["a"].flat().values():
+        for t in net.domain_tensors("a").values():
             t.add_(torch.randn_like(t).abs() * 0.1)
     sd = net.domain_state_dict("a")
     assert any(k.endswith("running_var") for k in sd) and "head.weight" in sd
@@ -58,10 +58,10 @@ def test_errors_name_the_problem():
         create_network("resnet50")
     with pytest.raises(ValueError, match="unknown method 'lora'; valid:"):
         create_network("resnet26", method="lora")
-    with pytest.raises(ValueError, match="does not apply to arch 'resnet26'; valid archs: resnet26_dw"):
+    with pytest.raises(ValueError, match="does not apply to trunk 'resnet26': it has no depthwise convolutions"):
         create_network("resnet26", method="dw")
-    with pytest.raises(ValueError, match="does not apply to arch 'resnet26_dw'"):
-        create_network("resnet26_dw", method="parallel-adapter")
+    with pytest.raises(ValueError, match="does not apply to trunk 'resnet26': it has no depthwise convolutions to share"):
+        create_network("resnet26", method="dw-sharing")
     net = create_network("resnet26_dw", method="dw", domains={"a": 2}, width=0.125)
     with pytest.raises(KeyError, match="unknown domain 'zz'; registered domains: a"):
         net(torch.randn(1, 3, 16, 16), domain="zz")

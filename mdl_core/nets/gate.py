@@ -2,9 +2,10 @@
 
 At every gated depthwise layer the outputs of the T mixed domains' depthwise filters are mixed:
     out = sum_t s_t * DW_t(x),   s = softmax(fc2(relu(fc1(GAP(x)))))   (s in R^T, one per sample)
-Placement: early / middle / late = the depthwise layers of stage 1 / 2 / 3, or all stages.
-Only the gate MLPs train; every filter, BN (running statistics used, never updated) and the head
-stay frozen. The GateSet records its placement and the ordered list of mixed domains (meta).
+Placement: early / middle / late = the trunk's depthwise layers in thirds by depth (a trunk may say
+otherwise: ``resnet26_dw`` uses its three stages, paper Table 3), or all of them. Only the gate MLPs
+train; every filter, norm (running statistics used, never updated) and the head stay frozen. The
+GateSet records its placement and the ordered list of mixed domains (meta).
 Hidden width of each MLP: max(4, C_in // 4).
 """
 from __future__ import annotations
@@ -12,20 +13,23 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-PLACEMENTS = {"early": (1,), "middle": (2,), "late": (3,), "all": (1, 2, 3)}
+PLACEMENTS = ("early", "middle", "late", "all")
 
 
-def gated_layers(spec, placement: str) -> dict[str, int]:
-    """Depthwise layer name (e.g. ``s1.b0.dw1``) -> its input channels, for the blocks of the placement's stages."""
+def thirds(paths: list[str]) -> dict[str, list[str]]:
+    n = len(paths)
+    a, b = round(n / 3), round(2 * n / 3)
+    return {"early": paths[:a], "middle": paths[a:b], "late": paths[b:]}
+
+
+def gated_paths(trunk: nn.Module, depthwise: list[str], placement: str) -> list[str]:
+    """The depthwise layer paths a placement gates, in depth order."""
     if placement not in PLACEMENTS:
         raise ValueError(f"unknown gate placement {placement!r}; valid: {', '.join(PLACEMENTS)}")
-    stages = PLACEMENTS[placement]
-    out = {}
-    for blk, s in zip(spec.blocks, spec.stage_of_block):
-        if s in stages:
-            for u in (blk.unit1, blk.unit2):
-                out[u.key("dw")] = u.cin
-    return out
+    if placement == "all":
+        return list(depthwise)
+    sections = getattr(trunk, "gate_sections", thirds)(list(depthwise))
+    return sections[placement]
 
 
 class GateMLP(nn.Module):
@@ -41,12 +45,13 @@ class GateMLP(nn.Module):
 
 
 class GateSet(nn.Module):
-    def __init__(self, spec, placement: str, mixed_domains: list[str]):
+    def __init__(self, layers: dict[str, int], placement: str, mixed_domains: list[str]):
+        """``layers``: gated depthwise layer path -> its input channels."""
         super().__init__()
         self.placement = placement
         self.mixed_domains = list(mixed_domains)
         self.mlps = nn.ModuleDict({k.replace(".", "__"): GateMLP(c, len(self.mixed_domains))
-                                   for k, c in gated_layers(spec, placement).items()})
+                                   for k, c in layers.items()})
 
     def mlp_for(self, layer: str):
         name = layer.replace(".", "__")
@@ -56,4 +61,4 @@ class GateSet(nn.Module):
         return {"placement": self.placement, "mixed_domains": list(self.mixed_domains)}
 
     def flat_state(self) -> dict[str, torch.Tensor]:
-        return {k.replace("__", "."): v for k, v in self.mlps.state_dict().items()}
+        return {k.replace("__", "."): v for k, v in self.mlps.state_dict(keep_vars=True).items()}

@@ -1,69 +1,80 @@
-"""Functional building blocks shared by the single-domain, stacked (mixed-batch) and gated paths."""
+"""Functional pieces of the mixed-domain paths: per-sample depthwise convolution (paper eq. 7), the
+soft-shared depthwise mix (eq. 8) and per-sample normalisation affines, for any conv/norm module the
+trunk uses (PyTorch's own, and timm's ``Conv2dSame`` / ``BatchNormAct2d`` / ``LayerNorm2d``)."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-BN_EPS = 1e-5
-BN_MOMENTUM = 0.1
+from torch import nn
 
 
-def shortcut(x: torch.Tensor, cout: int, downsample: bool) -> torch.Tensor:
-    """Parameter-free shortcut: 2x2 average pool (stride 2) + zero-padded channels."""
-    if downsample:
-        x = F.avg_pool2d(x, 2, ceil_mode=True, count_include_pad=False)
-    if x.shape[1] < cout:
-        x = F.pad(x, (0, 0, 0, 0, 0, cout - x.shape[1]))
-    return x
+def conv_geometry(conv: nn.Conv2d, x: torch.Tensor) -> tuple[torch.Tensor, object]:
+    """The input and padding a conv module would use: timm's ``Conv2dSame`` pads dynamically (TF
+    "same"), every other conv pads statically. Returns (possibly padded x, padding for F.conv2d)."""
+    if type(conv).__name__ == "Conv2dSame":  # timm.layers.Conv2dSame: pad at run time, then no padding
+        from timm.layers import pad_same
+
+        return pad_same(x, conv.weight.shape[-2:], conv.stride, conv.dilation), 0
+    if conv.padding_mode != "zeros":
+        raise ValueError(f"padding mode {conv.padding_mode!r} is not supported in mixed-domain batches")
+    return x, conv.padding
 
 
-def batch_norm(x, t: dict, training: bool) -> torch.Tensor:
-    """t: {"weight","bias","running_mean","running_var"}; updates running stats in place when training."""
-    return F.batch_norm(x, t["running_mean"], t["running_var"], t["weight"], t["bias"],
-                        training, BN_MOMENTUM, BN_EPS)
+def channels_last(x: torch.Tensor) -> bool:
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
-def bn_scale_shift(t: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eval-mode BN as an affine map: y = x * scale + shift."""
-    scale = t["weight"] * torch.rsqrt(t["running_var"] + BN_EPS)
-    return scale, t["bias"] - t["running_mean"] * scale
+def per_sample_depthwise(conv: nn.Conv2d, x: torch.Tensor, weights: torch.Tensor,
+                         bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Stacked depthwise conv (paper eq. 7): ``weights`` [B, Cout, 1, k, k] are each sample's own filters
+    (Cout a multiple of Cin); ``conv`` gives stride, padding and dilation.
 
-
-def per_sample_affine(x, scale, shift) -> torch.Tensor:
-    """x [B,C,H,W]; scale/shift [B,C] (gathered per sample from a stacked [D,C])."""
-    return torch.addcmul(shift[:, :, None, None], x, scale[:, :, None, None])
-
-
-def per_sample_depthwise(x, weights, stride: int) -> torch.Tensor:
-    """Stacked depthwise conv (paper eq. 7): x [B,C,H,W], weights [B,C,1,k,k] (each sample's own filters).
-
-    The batch is folded into channels, [1, B*C, H, W], and run as ONE grouped convolution with
-    groups=B*C. NCHW input folds as a free view; channels_last input is folded with one permute copy
-    (layout [H, W, B*C]) because CPU depthwise kernels are far faster in channels_last, and the result
-    is handed back in channels_last.
+    The batch is folded into channels, [1, B*C, H, W], and run as ONE grouped conv with groups=B*C.
+    NCHW input folds as a free view; channels_last input is folded with one permute copy (layout
+    [H, W, B*C]) because CPU depthwise kernels are far faster in channels_last, and comes back in it.
     """
+    x, padding = conv_geometry(conv, x)
     b, c, h, w = x.shape
-    k = weights.shape[-1]
-    wf = weights.reshape(b * c, 1, k, k)
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+    cout = weights.shape[1]
+    wf = weights.reshape(b * cout, 1, *weights.shape[-2:])
+    bf = bias.reshape(b * cout) if bias is not None else None
+    kw = dict(stride=conv.stride, padding=padding, dilation=conv.dilation, groups=b * c)
+    if channels_last(x):
         xf = x.permute(2, 3, 0, 1).contiguous().view(1, h, w, b * c).permute(0, 3, 1, 2)
-        y = F.conv2d(xf, wf, stride=stride, padding=k // 2, groups=b * c)
+        y = F.conv2d(xf, wf, bf, **kw)
         ho, wo = y.shape[-2:]
-        y = y.permute(0, 2, 3, 1).reshape(ho, wo, b, c)       # [H', W', B, C]
-        return y.permute(2, 0, 1, 3).contiguous().permute(0, 3, 1, 2)  # [B, C, H', W'] channels_last
-    y = F.conv2d(x.reshape(1, b * c, h, w), wf, stride=stride, padding=k // 2, groups=b * c)
-    return y.reshape(b, c, y.shape[-2], y.shape[-1])
+        y = y.permute(0, 2, 3, 1).reshape(ho, wo, b, cout)              # [H', W', B, C]
+        return y.permute(2, 0, 1, 3).contiguous().permute(0, 3, 1, 2)   # [B, C, H', W'] channels_last
+    y = F.conv2d(x.reshape(1, b * c, h, w), wf, bf, **kw)
+    return y.reshape(b, cout, y.shape[-2], y.shape[-1])
 
 
-def mixed_depthwise(x, stacked, weights_s, stride: int) -> torch.Tensor:
+def mixed_depthwise(conv: nn.Conv2d, x: torch.Tensor, stacked: torch.Tensor, mix: torch.Tensor,
+                    bias: torch.Tensor | None = None) -> torch.Tensor:
     """Soft-shared depthwise (paper eq. 8): sum_t s_t * DW_t(x).
 
-    stacked [T,C,1,k,k] (the T mixed domains' filters), weights_s [B,T] (softmax gate outputs).
-    One grouped conv (groups=C, T outputs per group) computes all T domains' outputs.
+    ``stacked`` [T, Cout, 1, k, k] the T mixed domains' filters, ``mix`` [B, T] (softmax gate outputs),
+    ``bias`` [T, Cout] or None. One grouped conv (groups=Cin, T outputs per filter) computes all T.
     """
-    t, c = stacked.shape[:2]
-    k = stacked.shape[-1]
-    w = stacked.transpose(0, 1).reshape(c * t, 1, k, k)
-    y = F.conv2d(x, w, stride=stride, padding=k // 2, groups=c)
-    y = y.reshape(y.shape[0], c, t, y.shape[-2], y.shape[-1])
-    return (y * weights_s[:, None, :, None, None]).sum(2)
+    x, padding = conv_geometry(conv, x)
+    t, cout = stacked.shape[:2]
+    w = stacked.transpose(0, 1).reshape(cout * t, 1, *stacked.shape[-2:])
+    b = bias.transpose(0, 1).reshape(cout * t) if bias is not None else None
+    y = F.conv2d(x, w, b, stride=conv.stride, padding=padding, dilation=conv.dilation, groups=conv.groups)
+    y = y.reshape(y.shape[0], cout, t, y.shape[-2], y.shape[-1])
+    return (y * mix[:, None, :, None, None]).sum(2)
+
+
+def bn_scale_shift(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """An eval-mode BatchNorm as an affine map y = x * scale + shift (per channel)."""
+    weight = bn.weight if bn.weight is not None else torch.ones_like(bn.running_var)
+    bias = bn.bias if bn.bias is not None else torch.zeros_like(bn.running_mean)
+    scale = weight * torch.rsqrt(bn.running_var + bn.eps)
+    return scale, bias - bn.running_mean * scale
+
+
+def per_sample_affine(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, channel_dim: int = 1) -> torch.Tensor:
+    """x with channels at ``channel_dim`` (1 for NCHW, -1 for channels-last tensors); scale/shift [B, C]."""
+    shape = [x.shape[0]] + [1] * (x.dim() - 1)
+    shape[channel_dim] = x.shape[channel_dim]
+    return torch.addcmul(shift.reshape(shape), x, scale.reshape(shape))

@@ -1,6 +1,7 @@
 """Name -> factory registries for trunks and adapter methods (in the style of timm's ``_registry.py``).
 
-A new trunk is one function decorated with ``@register_trunk("name")``; a new method is one module
+A new trunk family is one function decorated with ``@register_trunk("name")`` returning an nn.Module
+classifier (any timm model needs none: ``timm/<model>``); a new method is one module
 holding a :class:`~mdl_core.nets.methods.base.Method` subclass decorated with ``@register_method("name")``.
 """
 from __future__ import annotations
@@ -39,9 +40,10 @@ def list_methods() -> list[str]:
 
 
 def get_trunk(name: str) -> Callable:
-    if name not in _TRUNKS:
-        raise ValueError(f"unknown arch {name!r}; valid: {', '.join(list_trunks())}")
-    return _TRUNKS[name]
+    """Factory of a registered trunk or of ``timm/<model>``: factory(width=1.0, num_classes=1000)."""
+    from .trunks import trunk_factory
+
+    return trunk_factory(name)
 
 
 def get_method(name: str) -> type:

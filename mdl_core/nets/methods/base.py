@@ -1,49 +1,41 @@
-"""Method = the per-domain parameter partition of a trunk, plus any adapter tensors and how they run.
+"""Method = a rule over the trunk's modules: which ones become per-domain (wrapped, one copy per
+domain) and which adapters are added; every other module stays shared and frozen.
 
-A method declares:
-  * ``trunks``        the archs it applies to (None: any registered trunk);
-  * ``domain_roles``  which trunk tensor roles (see :mod:`mdl_core.nets.trunks`) live in each
-                      domain's own container; every other trunk tensor is shared and frozen;
-  * ``adapter_tensors(spec)`` extra per-domain tensors (key -> (TensorDef, init));
-  * ``conv3x3(net, x, unit, ctx)`` how a stem/plain 3x3 conv unit runs (adapters override it);
-  * ``stackable``     whether mixed batches may use the stacked single-pass path (methods that
-                      only re-partition trunk tensors can; adapter methods group per domain).
-The head (``head.weight``, ``head.bias``) is always per domain.
+A method declares ``parts(layout)``: the module paths it makes per-domain (the head is always one of
+them), ``check(layout)``: refuse a trunk it cannot apply to, and optionally ``wrapper_for`` to inject
+its own adapter wrapper. The layout vocabulary is :class:`~mdl_core.nets.layout.TrunkLayout`.
 """
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-
-ALL_ROLES = frozenset({"stem", "dw", "pw", "pw_last", "conv", "bn"})
+from ..layout import TrunkLayout
+from ..wrappers import PerDomain, PerDomainDepthwise, PerDomainHead, PerDomainNorm
 
 
 class Method:
     name: str = ""
-    trunks: tuple | None = None
-    domain_roles: frozenset = frozenset()
-    stackable: bool = True
-    fusable: bool = False
+    needs: str | None = None  # a TrunkLayout list that must be non-empty, e.g. "depthwise"
+    needs_what = ""           # how to say what is missing
+    fusable = False
+    gateable = False          # soft-sharing gates mix depthwise filters that every mixed domain owns
 
-    def check_trunk(self, arch: str) -> None:
-        if self.trunks is not None and arch not in self.trunks:
-            raise ValueError(f"method {self.name!r} does not apply to arch {arch!r}; "
-                             f"valid archs: {', '.join(self.trunks)}")
+    def check(self, layout: TrunkLayout, arch: str) -> None:
+        if self.needs and not getattr(layout, self.needs):
+            raise ValueError(f"method {self.name!r} does not apply to trunk {arch!r}: it has no {self.needs_what}")
 
-    def adapter_tensors(self, spec) -> dict:
-        return {}
+    def parts(self, layout: TrunkLayout) -> list[str]:
+        return []
 
-    def conv3x3(self, net, x: torch.Tensor, u, ctx) -> torch.Tensor:
-        return ctx.conv(x, u.key("conv") + ".weight", u.stride, 1)
+    def wrapper_for(self, path: str, layout: TrunkLayout) -> type:
+        if path == layout.head:
+            return PerDomainHead
+        if path in layout.depthwise:
+            return PerDomainDepthwise
+        if path in layout.norms:
+            return PerDomainNorm
+        return PerDomain
 
-
-def zeros(shape):
-    return torch.zeros(shape)
-
-
-def ones(shape):
-    return torch.ones(shape)
-
-
-def conv1x1(x, w, stride=1):
-    return F.conv2d(x, w, stride=stride)
+    def select(self, layout: TrunkLayout) -> dict[str, type]:
+        """path -> wrapper class; paths nested inside another selected path are dropped."""
+        paths = list(dict.fromkeys(self.parts(layout) + [layout.head]))
+        keep = [p for p in paths if not any(p.startswith(q + ".") for q in paths if q != p)]
+        return {p: self.wrapper_for(p, layout) for p in keep}

@@ -1,9 +1,10 @@
-"""`finetune` (individual network): every trunk tensor per domain (also used for pretraining)."""
+"""`finetune` (an individual network per domain; also how a trunk is pretrained): every module with
+tensors is per domain. A composite that holds tensors itself (ConvNeXt's layer scale) is wrapped whole."""
 from ..registry import register_method
-from .base import ALL_ROLES, Method
+from .base import Method
 
 
 @register_method("finetune")
 class FinetuneMethod(Method):
-    trunks = None
-    domain_roles = ALL_ROLES
+    def parts(self, layout):
+        return layout.owners + layout.units

@@ -1,37 +1,75 @@
-"""`parallel-adapter` (Rebuffi et al. 2018): y = BN_t(conv3x3(x) + conv1x1_t(x)) at every block 3x3 conv.
+"""`parallel-adapter` (Rebuffi et al. 2018): beside every dense kxk conv (k > 1) a per-domain 1x1
+conv, y = conv(x) + conv1x1_t(x), followed by the trunk's (per-domain) norm; plus every norm and the
+head. Adapters start at zero, so a new domain starts as the trunk (the reference code initialises them
+randomly; zero keeps a fresh domain's accuracy where the trunk's is).
 
-Per domain: the 1x1 adapters (zero-initialised, so a fresh domain reproduces the trunk), all BN, head.
-The stem conv gets no adapter (1x1 beside every *block* 3x3: 1/9 of the block conv parameters).
-Deployment fusion (Rebuffi 2018 §3.1.2): W3x3 + pad(W1x1) is one 3x3 filter, see
-``MultiDomainNet.fuse_adapters``.
+Deployment fusion (Rebuffi 2018 §3.1.2): W_kxk + centre-padded W_1x1 is one kxk filter
+(``MultiDomainNet.fuse_adapters``); exact for odd k with symmetric padding.
 """
+import torch
 import torch.nn.functional as F
+from torch import nn
 
+from .. import layers
 from ..registry import register_method
-from ..trunks import TensorDef
-from .base import Method, conv1x1, zeros
+from ..wrappers import PerDomain
+from .base import Method
 
 
-def adapter_key(u) -> str:
-    return u.key("pa") + ".weight"
+class ParallelAdapter(PerDomain):
+    """The shared conv (``base``, frozen) plus one 1x1 adapter per domain (``domains``)."""
+
+    copies_template = False
+
+    def __init__(self, template: nn.Conv2d, router, path: str):
+        super().__init__(template, router, path)
+        self.base = template  # registered: the shared conv stays in the module tree
+        self.fused: dict[str, torch.Tensor] = {}
+
+    def add(self, name, device, dtype, **_):
+        b = self.base
+        adapter = nn.Conv2d(b.in_channels, b.out_channels, 1, stride=b.stride, bias=False)
+        nn.init.zeros_(adapter.weight)
+        self.domains[name] = adapter.to(device=device, dtype=dtype)
+
+    def remove(self, name):
+        super().remove(name)
+        self.fused.pop(name, None)
+
+    def domain_tensors(self, name):
+        return {f"adapter.{k}": v for k, v in super().domain_tensors(name).items()}
+
+    def fuse(self, name: str) -> None:
+        a = self.domains[name].weight
+        k = self.base.weight.shape[-1]
+        with torch.no_grad():
+            self.fused[name] = self.base.weight + F.pad(a, (k // 2, k // 2, k // 2, k // 2))
+
+    def unfuse(self, name: str) -> None:
+        """Recover the adapter from the fused filter (centre tap minus the shared centre tap)."""
+        k = self.base.weight.shape[-1]
+        with torch.no_grad():
+            delta = self.fused.pop(name) - self.base.weight
+            self.domains[name].weight.copy_(delta[:, :, k // 2:k // 2 + 1, k // 2:k // 2 + 1])
+
+    def forward(self, x):
+        r, b = self.router, self.base
+        if r.domain is not None and r.domain in self.fused:
+            xp, padding = layers.conv_geometry(b, x)
+            return F.conv2d(xp, self.fused[r.domain], b.bias, b.stride, padding, b.dilation, b.groups)
+        y = b(x)
+        if r.domain is not None:
+            return y + self.domains[r.domain](x)
+        return y + self.grouped(x)
 
 
 @register_method("parallel-adapter")
 class ParallelAdapterMethod(Method):
-    trunks = ("resnet26",)
-    domain_roles = frozenset({"bn"})
-    stackable = False
+    needs, needs_what = "dense_spatial", "dense kxk convolutions to adapt"
     fusable = True
 
-    def adapter_tensors(self, spec) -> dict:
-        return {adapter_key(u): (TensorDef("adapter", (u.cout, u.cin, 1, 1)), zeros)
-                for u in spec.units if u.kind == "plain"}
+    def parts(self, layout):
+        return layout.dense_spatial + layout.norms
 
-    def conv3x3(self, net, x, u, ctx):
-        if u.kind != "plain":
-            return super().conv3x3(net, x, u, ctx)
-        fused = net.fused_weight(ctx.domain, u.key("conv") + ".weight")
-        if fused is not None:
-            return F.conv2d(x, fused, stride=u.stride, padding=1)
-        y = ctx.conv(x, u.key("conv") + ".weight", u.stride, 1)
-        return y + conv1x1(x, ctx.tensor(adapter_key(u)), u.stride)
+    def wrapper_for(self, path, layout):
+        return ParallelAdapter if path in layout.dense_spatial else super().wrapper_for(path, layout)

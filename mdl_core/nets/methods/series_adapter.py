@@ -1,33 +1,53 @@
-"""`series-adapter` (Rebuffi et al. 2017): after every block 3x3 conv, y <- y + conv1x1_t(BN_t(y)),
-then the block's BN. Per domain: adapter convs (zero-initialised: a fresh domain reproduces the
-trunk), adapter BNs, all BN, head."""
-from ..registry import register_method
-from ..trunks import BN_TENSORS, TensorDef
-from .base import Method, conv1x1, ones, zeros
+"""`series-adapter` (Rebuffi et al. 2017): after every dense kxk conv (k > 1),
+y <- y + conv1x1_t(BN_t(y)), then the trunk's (per-domain) norm. Per domain: the adapter convs
+(zero-initialised: a new domain starts as the trunk) and their BNs, every norm, the head."""
+from torch import nn
 
-_BN_INIT = {"weight": ones, "bias": zeros, "running_mean": zeros, "running_var": ones}
+from ..registry import register_method
+from ..wrappers import PerDomain
+from .base import Method
+
+
+class SeriesBranch(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(channels)
+        self.conv = nn.Conv2d(channels, channels, 1, bias=False)
+        nn.init.zeros_(self.conv.weight)
+
+    def forward(self, y):
+        return self.conv(self.bn(y))
+
+
+class SeriesAdapter(PerDomain):
+    """The shared conv (``base``, frozen) followed by one residual 1x1 branch per domain."""
+
+    copies_template = False
+
+    def __init__(self, template: nn.Conv2d, router, path: str):
+        super().__init__(template, router, path)
+        self.base = template
+
+    def add(self, name, device, dtype, **_):
+        self.domains[name] = SeriesBranch(self.base.out_channels).to(device=device, dtype=dtype)
+
+    def domain_tensors(self, name):
+        return {f"adapter.{k}": v for k, v in super().domain_tensors(name).items()}
+
+    def forward(self, x):
+        y = self.base(x)
+        r = self.router
+        if r.domain is not None:
+            return y + self.domains[r.domain](y)
+        return y + self.grouped(y)
 
 
 @register_method("series-adapter")
 class SeriesAdapterMethod(Method):
-    trunks = ("resnet26",)
-    domain_roles = frozenset({"bn"})
-    stackable = False
+    needs, needs_what = "dense_spatial", "dense kxk convolutions to adapt"
 
-    def adapter_tensors(self, spec) -> dict:
-        out = {}
-        for u in spec.units:
-            if u.kind != "plain":
-                continue
-            out[u.key("sa") + ".conv.weight"] = (TensorDef("adapter", (u.cout, u.cout, 1, 1)), zeros)
-            for n in BN_TENSORS:
-                out[u.key("sa") + f".bn.{n}"] = (
-                    TensorDef("adapter", (u.cout,), is_param=n in ("weight", "bias")), _BN_INIT[n])
-        return out
+    def parts(self, layout):
+        return layout.dense_spatial + layout.norms
 
-    def conv3x3(self, net, x, u, ctx):
-        y = super().conv3x3(net, x, u, ctx)
-        if u.kind != "plain":
-            return y
-        a = ctx.bn(y, u.key("sa") + ".bn")
-        return y + conv1x1(a, ctx.tensor(u.key("sa") + ".conv.weight"))
+    def wrapper_for(self, path, layout):
+        return SeriesAdapter if path in layout.dense_spatial else super().wrapper_for(path, layout)

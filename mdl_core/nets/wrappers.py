@@ -1,0 +1,214 @@
+"""Per-domain wrappers: what a method injects in place of a trunk module (as PEFT's ``inject_adapter``
+swaps target modules for adapter layers).
+
+A :class:`PerDomain` wrapper holds one copy of the wrapped module per domain in ``domains``, an
+``nn.ModuleDict`` keyed by domain name, each copied from the trunk's own module (the *template*, kept
+outside the module tree so it is neither trained nor counted). Every wrapper of a network shares one
+:class:`Router`, set by the network for the duration of a forward:
+
+* one domain: each wrapper runs that domain's copy (the module's own forward, so a one-domain network
+  is exactly the trunk);
+* a mixed batch: dense per-domain modules run once per domain on that domain's samples (grouped); in
+  eval mode depthwise convs run ONE grouped conv with per-sample filters (paper eq. 7) and norms a
+  per-sample affine, from per-domain tensors stacked [D, ...] and cached until a tensor changes;
+* a soft-sharing gate: depthwise wrappers the gate covers mix all T mixed domains' outputs (eq. 8).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Callable
+
+import torch
+from torch import nn
+
+from . import layers
+
+NBT = "num_batches_tracked"  # BN bookkeeping, not a weight: left out of every exported state dict
+
+
+class Router:
+    """The domain assignment of the forward that is running (one per network, shared by its wrappers)."""
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self.domain: str | None = None      # a single-domain forward
+        self.groups: list = []              # mixed: [(domain, LongTensor of sample indices)]
+        self.idx: torch.Tensor | None = None  # mixed: each sample's position in ``order``
+        self.order: list[str] = []          # every registered domain, in stacking order
+        self.per_sample = False             # mixed and in eval: per-sample stacked paths allowed
+        self.gate = None                    # GateSet of the single domain, when gated
+        self.frozen_stats = False           # norms use running statistics and never update them
+
+
+def _tensors(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A module's state (live tensors) without BN bookkeeping counters."""
+    return {k: v for k, v in module.state_dict(keep_vars=True).items() if not k.endswith(NBT)}
+
+
+def _run_eval(module: nn.Module, x):
+    was = module.training
+    module.train(False)
+    try:
+        return module(x)
+    finally:
+        module.train(was)
+
+
+class PerDomain(nn.Module):
+    """One copy of ``template`` per domain; mixed batches are grouped by domain."""
+
+    copies_template = True  # each domain owns a copy of the trunk's module (adapters keep it shared)
+
+    def __init__(self, template: nn.Module, router: Router, path: str):
+        super().__init__()
+        self.domains = nn.ModuleDict()
+        self.__dict__["template"] = template  # the trunk's module: loaded by load_trunk_state_dict, never trained
+        self.__dict__["router"] = router
+        self.path = path
+        self._stack_sig, self._stack_val = None, None
+
+    # --- domains -------------------------------------------------------------------------------
+    def add(self, name: str, device, dtype, **_) -> None:
+        module = copy.deepcopy(self.template).to(device=device, dtype=dtype)
+        for p in module.parameters():
+            p.requires_grad_(True)
+        self.domains[name] = module
+
+    def remove(self, name: str) -> None:
+        del self.domains[name]
+
+    def domain_tensors(self, name: str) -> dict[str, torch.Tensor]:
+        return _tensors(self.domains[name])
+
+    def domain_params(self, name: str) -> list[nn.Parameter]:
+        return list(self.domains[name].parameters())
+
+    def extra_repr(self) -> str:
+        return f"path={self.path!r}"
+
+    # --- forward -------------------------------------------------------------------------------
+    def forward(self, x):
+        r = self.router
+        if r.domain is not None:
+            return self.domains[r.domain](x)
+        return self.grouped(x)
+
+    def grouped(self, x, fn: Callable | None = None):
+        out = None
+        for d, ix in self.router.groups:
+            xs = x.index_select(0, ix)
+            y = self.domains[d](xs) if fn is None else fn(d, xs)
+            if out is None:
+                fmt = torch.channels_last if layers.channels_last(y) else torch.contiguous_format
+                out = torch.empty((x.shape[0],) + y.shape[1:], dtype=y.dtype, device=y.device, memory_format=fmt)
+            out.index_copy_(0, ix, y)
+        return out
+
+    def stacked(self, build: Callable[[list[nn.Module]], object]):
+        """``build`` over every domain's copy in router order; cached while no tensor changes (identity,
+        storage or in-place version) and autograd is off."""
+        mods = [self.domains[d] for d in self.router.order]
+        if torch.is_grad_enabled():
+            return build(mods)
+        sig = tuple((d, tuple((id(t), t.data_ptr(), t._version) for t in _tensors(m).values()))
+                    for d, m in zip(self.router.order, mods))
+        if sig != self._stack_sig:
+            self._stack_sig, self._stack_val = sig, build(mods)
+        return self._stack_val
+
+
+class PerDomainDepthwise(PerDomain):
+    """A depthwise conv per domain: per-sample filters in mixed eval batches, gate mixing when gated."""
+
+    def forward(self, x):
+        r = self.router
+        mlp = r.gate.mlp_for(self.path) if r.gate is not None else None
+        if mlp is not None:
+            convs = [self.domains[d] for d in r.gate.mixed_domains]
+            bias = torch.stack([c.bias for c in convs]) if convs[0].bias is not None else None
+            return layers.mixed_depthwise(convs[0], x, torch.stack([c.weight for c in convs]), mlp(x), bias)
+        if r.domain is not None:
+            return self.domains[r.domain](x)
+        if not r.per_sample:
+            return self.grouped(x)
+        w, b = self.stacked(lambda ms: (torch.stack([m.weight for m in ms]),
+                                        torch.stack([m.bias for m in ms]) if ms[0].bias is not None else None))
+        return layers.per_sample_depthwise(self.template, x, w[r.idx], None if b is None else b[r.idx])
+
+
+def _bn_affine(ms):
+    scale, shift = zip(*(layers.bn_scale_shift(m) for m in ms))
+    return torch.stack(scale), torch.stack(shift)
+
+
+def _ln_affine(ms):
+    one = [m.weight if m.weight is not None else torch.ones(m.normalized_shape) for m in ms]
+    zero = [m.bias if m.bias is not None else torch.zeros(m.normalized_shape) for m in ms]
+    return torch.stack(one), torch.stack(zero)
+
+
+def _bn_per_sample(w, x, scale, shift):
+    y = layers.per_sample_affine(x, scale, shift, channel_dim=1)
+    if hasattr(w.template, "act"):  # timm's BatchNormAct2d: BN, then its dropout and activation
+        y = w.template.act(w.template.drop(y))
+    return y
+
+
+def _ln2d_per_sample(w, x, scale, shift):  # timm's LayerNorm2d: normalise over C of an NCHW tensor
+    y = nn.functional.layer_norm(x.permute(0, 2, 3, 1), w.template.normalized_shape, None, None, w.template.eps)
+    return layers.per_sample_affine(y, scale, shift, channel_dim=-1).permute(0, 3, 1, 2)
+
+
+def _ln_per_sample(w, x, scale, shift):  # nn.LayerNorm over the last dimension
+    y = nn.functional.layer_norm(x, w.template.normalized_shape, None, None, w.template.eps)
+    return layers.per_sample_affine(y, scale, shift, channel_dim=-1)
+
+
+# Norm type name -> (stacked affine builder, per-sample forward). Others are grouped per domain.
+PER_SAMPLE_NORMS = {
+    "BatchNorm2d": (_bn_affine, _bn_per_sample),
+    "BatchNormAct2d": (_bn_affine, _bn_per_sample),
+    "LayerNorm2d": (_ln_affine, _ln2d_per_sample),
+    "LayerNorm": (_ln_affine, _ln_per_sample),
+}
+
+
+class PerDomainNorm(PerDomain):
+    """A normalisation layer per domain (parameters and running statistics)."""
+
+    def forward(self, x):
+        r = self.router
+        if r.domain is not None:
+            m = self.domains[r.domain]
+            return _run_eval(m, x) if r.frozen_stats and m.training else m(x)
+        kind = PER_SAMPLE_NORMS.get(type(self.template).__name__)
+        if not r.per_sample or kind is None or (kind[0] is _ln_affine and len(self.template.normalized_shape) != 1):
+            return self.grouped(x)
+        scale, shift = self.stacked(kind[0])
+        return kind[1](self, x, scale[r.idx], shift[r.idx])
+
+
+class PerDomainHead(PerDomain):
+    """The classifier per domain, each with its own class count. A mixed batch gives a tensor padded
+    with -inf beyond each sample's own classes (argmax, softmax, top-k and cross-entropy work as is)."""
+
+    def add(self, name: str, device, dtype, num_classes: int | None = None) -> None:
+        head = nn.Linear(self.template.in_features, int(num_classes), bias=True)
+        nn.init.normal_(head.weight, 0.0, 0.01)
+        nn.init.zeros_(head.bias)
+        self.domains[name] = head.to(device=device, dtype=dtype)
+
+    def forward(self, x):
+        r = self.router
+        if r.domain is not None:
+            return self.domains[r.domain](x)
+        maxk = max(self.domains[d].out_features for d, _ in r.groups)
+        out = None
+        for d, ix in r.groups:
+            y = self.domains[d](x.index_select(0, ix))
+            if out is None:
+                out = y.new_full((x.shape[0], maxk), float("-inf"))
+            out[ix, : y.shape[1]] = y
+        return out
