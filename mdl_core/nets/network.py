@@ -178,8 +178,8 @@ class MultiDomainNet(nn.Module):
     def load_trunk_state_dict(self, state: dict) -> None:
         """Load the shared modules and the templates new domains are copied from (head excluded: a
         ``head.*`` or the trunk's own classifier keys are ignored). Existing domains are not touched."""
-        given = {k: v for k, v in state.items()
-                 if not k.startswith((self.head_path + ".", HEAD + "."))}
+        head_keys = {f"{p}.{t}" for p in (self.head_path, HEAD) for t in ("weight", "bias")}
+        given = {k: v for k, v in state.items() if k not in head_keys}
         live = {}
         for k in self._trunk_keys:
             path, _, leaf = k.rpartition(".")
