@@ -123,8 +123,8 @@ def test_gate_trains_on_lite0_and_touches_only_the_gate():
 
 
 def test_method_refusals_name_the_trunk():
-    with pytest.raises(ValueError, match="does not apply to trunk 'timm/convnext_atto': it has no dense kxk"):
-        create_network("timm/convnext_atto", method="parallel-adapter")
+    with pytest.raises(ValueError, match="does not apply to trunk 'timm/resnet10t': it has no depthwise conv"):
+        create_network("timm/resnet10t", method="dw")
     with pytest.raises(ValueError, match="unknown timm model 'efficientnet_nope'"):
         create_network("timm/efficientnet_nope")
     with pytest.raises(ValueError, match="width 0.5 is not available for timm trunks"):
