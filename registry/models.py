@@ -12,6 +12,9 @@ from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Uniqu
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
+TENSOR_LAYOUT = 2  # current artifact tensor naming (see DomainVersion.layout)
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
@@ -44,6 +47,8 @@ class Trunk(Base):
     source: Mapped[str] = mapped_column(String(128))
     num_params: Mapped[int] = mapped_column(Integer)
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)  # hyper-parameters, image size, metrics
+    # where the weights came from: source, weights sha256, library + version, pretrained preprocessing config
+    provenance: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
     artifact_id: Mapped[int] = mapped_column(ForeignKey("artifacts.id"))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     removed_at: Mapped[Optional[datetime]] = mapped_column(DateTime, nullable=True)
@@ -84,6 +89,8 @@ class DomainVersion(Base):
     classes: Mapped[list[Any]] = mapped_column(default=list)
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)  # source, fingerprint, mean/std, category ids
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)  # hyper-parameters and training metrics
+    # tensor naming of the artifact: 1 = before trunks became modules (renamed on load), 2 = module paths
+    layout: Mapped[int] = mapped_column(Integer, default=TENSOR_LAYOUT, server_default="1")
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     removed_at: Mapped[Optional[datetime]] = mapped_column(DateTime, nullable=True)
 

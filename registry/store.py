@@ -63,6 +63,7 @@ class TrunkRecord:
     artifact: ArtifactRecord
     created_at: datetime
     removed_at: datetime | None
+    provenance: dict[str, Any]
 
     @property
     def label(self) -> str:
@@ -86,6 +87,7 @@ class DomainVersionRecord:
     created_at: datetime
     removed_at: datetime | None
     reference_accuracy: float | None
+    layout: int
 
 
 @dataclass(frozen=True)
@@ -108,14 +110,14 @@ def _artifact(row: Artifact) -> ArtifactRecord:
 
 def _trunk(row: Trunk) -> TrunkRecord:
     return TrunkRecord(row.id, row.arch, row.version, row.width, row.source, row.num_params, dict(row.config),
-                       _artifact(row.artifact), row.created_at, row.removed_at)
+                       _artifact(row.artifact), row.created_at, row.removed_at, dict(row.provenance or {}))
 
 
 def _version(row: DomainVersion) -> DomainVersionRecord:
     return DomainVersionRecord(
         row.id, row.domain.name, row.version, row.method, row.num_classes, row.domain_params, row.accuracy,
         _trunk(row.trunk), list(row.classes), dict(row.data), dict(row.config), _artifact(row.artifact),
-        row.created_at, row.removed_at or row.domain.removed_at, row.domain.reference_accuracy,
+        row.created_at, row.removed_at or row.domain.removed_at, row.domain.reference_accuracy, row.layout,
     )
 
 
@@ -229,13 +231,13 @@ class Registry:
     # --- trunks ------------------------------------------------------------------------------------
 
     def add_trunk(self, *, arch: str, width: float, source: str, num_params: int, config: Mapping[str, Any],
-                  tensors: Mapping[str, Any]) -> TrunkRecord:
+                  tensors: Mapping[str, Any], provenance: Mapping[str, Any] | None = None) -> TrunkRecord:
         def build(s: Session):
             version = (s.scalar(select(func.max(Trunk.version)).where(Trunk.arch == arch)) or 0) + 1
             relpath = f"artifacts/trunks/{arch}/v{version}.safetensors"
             art = Artifact(kind="trunk", path=relpath, sha256="", size=0)
             s.add(Trunk(arch=arch, version=version, width=width, source=source, num_params=num_params,
-                        config=dict(config), artifact=art))
+                        config=dict(config), provenance=dict(provenance or {}), artifact=art))
             meta = {"kind": "trunk", "arch": arch, "trunk": f"{arch}:v{version}", "width": width,
                     "source": source, "domain": source, "method": "trunk"}
             return version, relpath, encode_tensors(tensors, meta), art

