@@ -157,6 +157,8 @@ def loaders(dd, batch_size: int, workers: int, seed: int):
 
     if "val" not in dd.splits or len(dd.splits["val"]) == 0:
         raise ValueError(f"{dd.source} has no validation images; a validation split is needed to pick the best epoch")
-    train = make_loader(dd, "train", batch_size, train=True, workers=workers, seed=seed, drop_last=False)
+    # a last batch of one sample cannot give batch-norm statistics where the trunk pools to 1x1: drop it
+    lone = len(dd.splits["train"]) % batch_size == 1 and len(dd.splits["train"]) > 1
+    train = make_loader(dd, "train", batch_size, train=True, workers=workers, seed=seed, drop_last=lone)
     val = make_loader(dd, "val", max(batch_size, 256), train=False, workers=workers)
     return train, val

@@ -29,6 +29,10 @@ def score(reg: Registry, *, split: str = "val", results: Path | None = None, dev
     loader = NetworkLoader(reg)
     rows, accuracies, submission = [], {}, []
     for v in versions:
+        if not v.data.get("source"):  # an imported trunk's own classifier: its data never came through mdl
+            rows.append({"name": v.name, "version": v.version, "method": v.method, "accuracy": None, "gate": None,
+                         "num_samples": 0, "note": "no data recorded (the imported trunk's own classifier)"})
+            continue
         dd = open_version_data(v)
         if split not in dd.splits or len(dd.splits[split]) == 0:
             rows.append({"name": v.name, "version": v.version, "method": v.method, "accuracy": None, "gate": None,

@@ -169,5 +169,5 @@ def default_name(src: str) -> str:
     from pathlib import Path
 
     if src.startswith("builtin:"):
-        return src.split(":", 1)[1]
+        return src.split(":", 1)[1].partition("?")[0]
     return Path(src).expanduser().resolve().name.lower().replace(".", "-")

@@ -28,10 +28,11 @@ def open_source(src: str, domain: str | None = None, *, image_size: int = 72, cr
     src = str(src)
     crop = check_options(image_size, crop, on_bad_image, val_fraction)
     if src.startswith(BUILTIN_PREFIX):
-        name = src[len(BUILTIN_PREFIX):]
+        name, scale = parse_builtin(src)
         if domain is not None and domain != name:
             raise DataError(f"--domain {domain!r} does not match {src!r}")
-        return _open_builtin(src, name, image_size=image_size, crop=crop, mean_std=mean_std, flip=flip, log=log)
+        return _open_builtin(src, name, image_size=image_size, crop=crop, mean_std=mean_std, flip=flip, log=log,
+                             scale=scale)
     root = Path(src).expanduser()
     if not root.exists():
         raise DataError(f"data source not found: {src}", hint="give a folder or builtin:NAME")
@@ -60,10 +61,26 @@ def _resize_batch(images_nhwc, image_size: int) -> torch.Tensor:
     return torch.cat(out).contiguous() if out else t.contiguous()
 
 
-def _open_builtin(src, name, *, image_size, crop, mean_std, flip, log) -> DomainData:
+def parse_builtin(src: str) -> tuple[str, float | None]:
+    """``builtin:NAME`` or ``builtin:NAME?scale=S`` (a smaller copy of the domain, 0 < S <= 1; recorded
+    in the source string so scoring re-opens the same images) -> (NAME, S or None for $MDL_BUILTIN_SCALE)."""
+    name, _, query = src[len(BUILTIN_PREFIX):].partition("?")
+    if not query:
+        return name, None
+    key, _, value = query.partition("=")
+    try:
+        scale = float(value) if key == "scale" else None
+    except ValueError:
+        scale = None
+    if scale is None or not 0 < scale <= 1:
+        raise DataError(f"bad builtin source {src!r}: expected builtin:NAME or builtin:NAME?scale=S with 0 < S <= 1")
+    return name, scale
+
+
+def _open_builtin(src, name, *, image_size, crop, mean_std, flip, log, scale=None) -> DomainData:
     from mdl_core.data.builtin import SPLIT_NAMES, image_ids, load_builtin
 
-    data = load_builtin(name, log=log)
+    data = load_builtin(name, log=log, scale=scale)
     ids = image_ids(data)
     h, w = data["images"].shape[1:3]
     splits, id_lists, records, imgs = {}, {}, [], {}
