@@ -58,7 +58,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def pretrain(
         data: Data,
-        arch: Annotated[str, typer.Option("--arch", help="Trunk architecture (resnet26_dw, resnet26).")] = "resnet26_dw",
+        arch: Annotated[str, typer.Option("--arch", help="Trunk to train from scratch: resnet26_dw, resnet26 or timm/<model>.")] = "resnet26_dw",
         name: Annotated[Optional[str], typer.Option("--name", help="Source domain name (default: from SRC).")] = None,
         width: Annotated[float, typer.Option("--width", min=0.0625, help="Channel width multiplier.")] = 1.0,
         image_size: Annotated[int, typer.Option("--image-size", min=8, help="Shorter side after resizing.")] = 72,
@@ -85,7 +85,7 @@ def register(app: typer.Typer) -> None:
         name: Annotated[str, typer.Argument(help="Domain name (lowercase letters, digits, '_' or '-').")],
         data: Data,
         method: Annotated[str, typer.Option("--method", help="Adapter type (see DESIGN: dw, dw-sharing, bn, ...).")] = "dw",
-        trunk: Annotated[Optional[str], typer.Option("--trunk", help="ARCH or ARCH:vN (default: newest compatible).")] = None,
+        trunk: Annotated[Optional[str], typer.Option("--trunk", help="ARCH or ARCH:vN (default: newest compatible; a fresh registry imports timm/tf_efficientnet_lite0).")] = None,
         epochs: Epochs = 10, lr: Lr = 0.1, batch_size: BatchSize = 64,
         wd: Annotated[Optional[float], typer.Option("--wd", min=0.0, help="Weight decay (default: per dataset).")] = None,
         device: DeviceOpt = Device.auto, workers: Workers = 0, seed: Seed = 0,

@@ -31,7 +31,7 @@ def test_help_lists_every_command_without_importing_torch():
                           env={**os.environ, "COLUMNS": "200"})
     assert proc.returncode == 0
     for command in ["init", "pretrain", "add-domain", "list", "show", "gate-train", "score", "predict",
-                    "verify", "remove", "demo", "data", "db"]:
+                    "verify", "remove", "demo", "data", "db", "trunk"]:
         assert f" {command} " in proc.stdout, command
 
 

@@ -9,23 +9,15 @@ config); a classifier that comes with the weights is registered as the trunk's s
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from cli._output import info
+from registry.artifacts import sha256_file
 from registry.store import DomainVersionRecord, Registry, TrunkRecord
 
 # Images of new domains are resized to this shorter side and cropped to 64 (the decathlon's 72/64).
 DEFAULT_IMAGE_SIZE = 72
 LITE0 = "timm/tf_efficientnet_lite0"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _weights(arch: str, path: str | None, from_timm: bool) -> tuple[dict, dict, dict]:
@@ -55,7 +47,7 @@ def _weights(arch: str, path: str | None, from_timm: bool) -> tuple[dict, dict, 
             raise ValueError(f"give a weights file for {arch} (only {LITE0} has packaged weights)")
         file = pretrained.lite0_weights_path()
         return pretrained.lite0_imagenet_state_dict(), dict(pretrained.lite0_pretrained_cfg()), {
-            "source": f"package {pretrained.SOURCE_PACKAGE}", "file": file.name, "weights_sha256": _sha256(file),
+            "source": f"package {pretrained.SOURCE_PACKAGE}", "file": file.name, "weights_sha256": sha256_file(file),
             "license": "apache-2.0", **library}
     file = Path(path).expanduser()
     state = pretrained.read_state_dict(file)
@@ -64,7 +56,7 @@ def _weights(arch: str, path: str | None, from_timm: bool) -> tuple[dict, dict, 
         cfg = dict(pretrained.lite0_pretrained_cfg())
     else:
         cfg = dict(getattr(trunk_factory(arch)(), "pretrained_cfg", {}) or {}) if is_timm else {}
-    return state, cfg, {"source": f"file {file.resolve()}", "weights_sha256": _sha256(file), **library}
+    return state, cfg, {"source": f"file {file.resolve()}", "weights_sha256": sha256_file(file), **library}
 
 
 def import_trunk(reg: Registry, *, arch: str, path: str | None = None, from_timm: bool = False,

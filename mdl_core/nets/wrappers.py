@@ -112,8 +112,8 @@ class PerDomain(nn.Module):
         mods = [self.domains[d] for d in self.router.order]
         if torch.is_grad_enabled():
             return build(mods)
-        sig = tuple((d, tuple((id(t), t.data_ptr(), t._version) for t in _tensors(m).values()))
-                    for d, m in zip(self.router.order, mods))
+        sig = tuple((d, tuple((id(t), t.data_ptr(), t._version) for t in (*m._parameters.values(), *m._buffers.values())
+                              if t is not None)) for d, m in zip(self.router.order, mods))
         if sig != self._stack_sig:
             self._stack_sig, self._stack_val = sig, build(mods)
         return self._stack_val
