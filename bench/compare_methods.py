@@ -1,24 +1,36 @@
-"""Every method on every bundled target domain, same budget and seeds: the paper's Table 2 and Table 3.
+"""Every method on bundled target domains, same budget and seeds: the paper's Table 2 and Table 3.
 
-    MDL_CACHE=/tmp/benchcache OMP_NUM_THREADS=1 PYTHONPATH=. python bench/compare_methods.py --threads 1   # ~30 min
-    PYTHONPATH=. python bench/compare_methods.py --quick                              # smoke test (seconds)
-    PYTHONPATH=. python bench/compare_methods.py --report-only                        # tables/chart from the JSON
+Two trunk modes (`--trunk`):
 
-It drives the real workflows, not a re-implementation: one registry home per trunk type is
-pretrained once (`cli.jobs.train.pretrain`, seed 0) on `builtin:source`; every (trunk, method, seed)
-then gets its own copy of that home, and `cli.jobs.train.add_domain` trains and registers each target
-domain in it (so the `dw` home of a seed holds exactly that seed's `dw` adapters, which is what the
-soft-sharing gates of `cli.jobs.gates.train_gate` mix). Accuracies are read back from the registry:
-validation (used only to pick the best epoch) from `DomainVersionRecord.accuracy`, the table's test
-accuracy from `config["test_accuracy"]`; gated test accuracy is measured on the registered gate
-(`gated_network`). Decathlon score: `mdl_core.scoring.domain_score` with, for each domain, the
-seed-mean test accuracy of `finetune` on `resnet26_dw` as the reference (the role of the official
-baseline constants), so `finetune` itself scores ~250 per domain.
+  lite0 (default)  the ImageNet EfficientNet-Lite0 trunk (`timm/tf_efficientnet_lite0`), imported once
+                   offline with `cli.jobs.trunks.import_trunk` (no pretraining here); methods dw,
+                   dw-sharing, bn, classifier-only, finetune (the residual adapters need dense kxk convs,
+                   which Lite0 lacks); 4 targets at builtin scale 0.25, 72 px (crop 64), 3 epochs, lr 0.01;
+                   one side cell (dw at lr 0.1, digits, seed 0) to show the lr choice; `late` gates, 1 epoch.
+                   Outputs: bench/results/compare_methods_lite0.{json,md,png} (+ compare_gates_lite0.png).
+  resnet26         the earlier design: resnet26_dw and resnet26 pretrained here on `builtin:source`
+                   (seed 0), width 0.25, 32 px; all 8 rows and 4 gate placements.
+                   Outputs: bench/results/compare_methods.{json,md,png} (+ compare_gates.png).
+
+    PYTHONPATH=. python bench/compare_methods.py                 # lite0, ~15 min on 2 cores
+    PYTHONPATH=. python bench/compare_methods.py --quick         # smoke test (a minute), under --work
+    PYTHONPATH=. python bench/compare_methods.py --report-only   # tables/chart from the JSON
+    MDL_CACHE=/tmp/benchcache OMP_NUM_THREADS=1 PYTHONPATH=. python bench/compare_methods.py --trunk resnet26 --threads 1
+
+It drives the real workflows, not a re-implementation: one base registry home per trunk holds the trunk
+(imported, or pretrained with `cli.jobs.train.pretrain`); every (trunk, method, seed) then gets its own
+copy of that home, and `cli.jobs.train.add_domain` trains and registers each target domain in it (so the
+`dw` home of a seed holds exactly that seed's `dw` adapters plus the trunk's own source domain, which is
+what the soft-sharing gates of `cli.jobs.gates.train_gate` mix). Accuracies are read back from the
+registry: validation (used only to pick the best epoch) from `DomainVersionRecord.accuracy`, the table's
+test accuracy from `config["test_accuracy"]`, training speed from `config["train_images_per_s"]`;
+gated test accuracy is measured on the registered gate (`gated_network`). Decathlon score:
+`mdl_core.scoring.domain_score` with, for each domain, the seed-mean test accuracy of `finetune` on the
+mode's first trunk as the reference (the role of the official baseline constants), so `finetune`
+itself scores ~250 per domain.
 
 Resumable: every finished cell is written to the raw JSON at once and skipped on the next run with the
 same settings (a cell killed half way is retrained from its start; seeds make that reproducible).
-Outputs (bench/results/): compare_methods.json (raw), compare_methods.md (tables), compare_methods.png,
-compare_gates.png.
 """
 from __future__ import annotations
 
@@ -35,8 +47,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import RESULTS, machine, mean_spread, write_json  # noqa: E402
 
+LITE0 = "timm/tf_efficientnet_lite0"
 # (row label, trunk, method). The first trunk hosts the paper's method and its baselines.
-METHODS = [
+METHODS_RESNET = [
     ("dw", "resnet26_dw", "dw"),
     ("dw-sharing", "resnet26_dw", "dw-sharing"),
     ("classifier-only", "resnet26_dw", "classifier-only"),
@@ -46,6 +59,17 @@ METHODS = [
     ("series-adapter", "resnet26", "series-adapter"),
     ("finetune@resnet26", "resnet26", "finetune"),
 ]
+METHODS_LITE0 = [(m, LITE0, m) for m in ("dw", "dw-sharing", "bn", "classifier-only", "finetune")]
+MODES = {
+    "lite0": {"methods": METHODS_LITE0, "stem": "compare_methods_lite0", "pretrained_here": False,
+              "defaults": {"width": 1.0, "image_size": 72, "epochs": 3, "gate_epochs": 1, "lr": 0.01, "gate_lr": 0.1,
+                           "scale": 0.25, "domains": ["digits", "textures", "signs", "pedestrians"],
+                           "placements": ["late"], "side": ["dw@lr0.1:digits:0"]}},
+    "resnet26": {"methods": METHODS_RESNET, "stem": "compare_methods", "pretrained_here": True,
+                 "defaults": {"width": 0.25, "image_size": 32, "epochs": 4, "gate_epochs": 2, "lr": 0.1, "gate_lr": None,
+                              "scale": 0.25, "domains": None, "placements": ["early", "middle", "late", "all"],
+                              "side": []}},
+}
 REFERENCE = "finetune"  # the score's reference row
 OPTIONAL = {"finetune@resnet26"}  # run last (the reference for the resnet26 rows is still `finetune` above)
 PLACEMENTS = ["early", "middle", "late", "all"]
@@ -54,85 +78,121 @@ SOURCE = "source"
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--trunk", choices=list(MODES), default="lite0",
+                    help="lite0: the imported ImageNet Lite0 trunk (default); resnet26: the earlier pretrained-here design")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    ap.add_argument("--width", type=float, default=0.25)
-    ap.add_argument("--image-size", type=int, default=32, help="resize size; training crops 7/8 of it")
-    ap.add_argument("--pretrain-epochs", type=int, default=4)
-    ap.add_argument("--epochs", type=int, default=4, help="epochs per (method, domain)")
-    ap.add_argument("--gate-epochs", type=int, default=2)
+    ap.add_argument("--width", type=float, default=None, help="resnet26 mode only (timm trunks have width 1)")
+    ap.add_argument("--image-size", type=int, default=None, help="resize size; training crops 8/9 of it (72 -> 64, 32 -> 28)")
+    ap.add_argument("--pretrain-epochs", type=int, default=4, help="resnet26 mode only")
+    ap.add_argument("--epochs", type=int, default=None, help="epochs per (method, domain)")
+    ap.add_argument("--gate-epochs", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=64, help="per (method, domain) and for gates")
-    ap.add_argument("--pretrain-batch-size", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=0.1)
-    ap.add_argument("--scale", type=float, default=0.25,
-                    help="size of the target domains (MDL_BUILTIN_SCALE: 1 = full; 0.25 keeps a quarter of every split)")
-    ap.add_argument("--source-scale", type=float, default=1.0, help="size of the pretraining source domain")
-    ap.add_argument("--methods", nargs="+", default=[m[0] for m in METHODS], choices=[m[0] for m in METHODS])
-    ap.add_argument("--domains", nargs="+", default=None, help="target domains (default: every builtin but source)")
-    ap.add_argument("--placements", nargs="*", default=PLACEMENTS, choices=PLACEMENTS)
+    ap.add_argument("--pretrain-batch-size", type=int, default=128, help="resnet26 mode only")
+    ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--gate-lr", type=float, default=None, help="gates' lr (default: lite0 0.1, resnet26 = --lr)")
+    ap.add_argument("--scale", type=float, default=None,
+                    help="size of the target domains (builtin:NAME?scale=S; 1 = full, 0.25 keeps a quarter of every split)")
+    ap.add_argument("--source-scale", type=float, default=1.0, help="size of the pretraining source domain (resnet26)")
+    ap.add_argument("--methods", nargs="+", default=None)
+    ap.add_argument("--domains", nargs="+", default=None, help="target domains")
+    ap.add_argument("--placements", nargs="*", default=None, choices=PLACEMENTS)
+    ap.add_argument("--side", nargs="*", default=None,
+                    help="side cells LABEL@lrX:DOMAIN:SEED, e.g. dw@lr0.1:digits:0 (method dw at lr 0.1), not in the tables' "
+                         "rows or scores")
     ap.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "mdl-bench-compare",
                     help="registry homes (one per trunk, method, seed) live here")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, = cores)")
     ap.add_argument("--quick", action="store_true",
-                    help="smoke test: builtin scale 0.05, 1 epoch each, seed 0, dw+finetune on photos, late gate; "
-                         "writes under --work, not bench/results")
+                    help="smoke test: builtin scale 0.05, 1 epoch each, seed 0, dw+finetune on 2 domains, late gate, the "
+                         "side cell; writes under --work, not bench/results")
     ap.add_argument("--report-only", action="store_true", help="rebuild tables and charts from the raw JSON")
     ap.add_argument("--fresh", action="store_true", help="start over: ignore finished cells in the raw JSON, wipe the registry homes")
     a = ap.parse_args(argv)
+    mode = MODES[a.trunk]
+    for k, v in mode["defaults"].items():
+        if getattr(a, k) is None:
+            setattr(a, k, v)
+    if a.gate_lr is None:
+        a.gate_lr = a.lr
+    if a.trunk == "lite0" and a.width != 1.0:
+        ap.error("--width is for the resnet26 mode only (timm trunks have width 1)")
+    valid = [m[0] for m in mode["methods"]]
+    a.methods = a.methods or valid
+    bad = [m for m in a.methods if m not in valid]
+    if bad:
+        ap.error(f"--methods {bad} not in the {a.trunk} mode's rows: {valid}")
     if a.quick:
         a.scale = a.source_scale = 0.05
         a.seeds, a.pretrain_epochs, a.epochs, a.gate_epochs = [0], 1, 1, 1
-        a.methods, a.domains, a.placements = ["dw", "finetune"], a.domains or ["photos", "digits"], ["late"]
+        a.methods, a.placements = ["dw", "finetune"], ["late"]
+        a.domains = a.domains or ["digits", "pedestrians"]
+        a.side = [s for s in a.side if s.split(":")[1] in a.domains] or a.side[:0]
         a.work = a.work / "quick"
         a.out = a.work / "results"
     return a
 
 
+def parse_side(spec: str) -> dict:
+    """'dw@lr0.1:digits:0' -> {label, method, lr, domain, seed}."""
+    label, domain, seed = spec.split(":")
+    method, _, lr = label.partition("@lr")
+    return {"label": label, "method": method, "lr": float(lr), "domain": domain, "seed": int(seed)}
+
+
 def settings(a) -> dict:
     """What the results depend on (a changed value invalidates the cached cells)."""
-    return {"width": a.width, "image_size": a.image_size, "pretrain_epochs": a.pretrain_epochs, "epochs": a.epochs,
-            "gate_epochs": a.gate_epochs, "batch_size": a.batch_size, "pretrain_batch_size": a.pretrain_batch_size, "lr": a.lr,
-            "target_scale": a.scale, "source_scale": a.source_scale, "pretrain_seed": 0,
-            "workers": 0, "device": "cpu"}
+    cfg = {"trunk_mode": a.trunk, "width": a.width, "image_size": a.image_size, "epochs": a.epochs,
+           "gate_epochs": a.gate_epochs, "batch_size": a.batch_size, "lr": a.lr, "gate_lr": a.gate_lr,
+           "target_scale": a.scale, "workers": 0, "device": "cpu"}
+    if MODES[a.trunk]["pretrained_here"]:
+        cfg |= {"pretrain_epochs": a.pretrain_epochs, "pretrain_batch_size": a.pretrain_batch_size,
+                "source_scale": a.source_scale, "pretrain_seed": 0}
+    return cfg
+
+
+def builtin(name: str, scale: float) -> str:
+    return f"builtin:{name}" if scale == 1 else f"builtin:{name}?scale={scale:g}"
 
 
 # --------------------------------------------------------------------------------------------- running
 class Runner:
     def __init__(self, a):
         self.a = a
+        self.mode = MODES[a.trunk]
         self.cfg = settings(a)
         digest = hashlib.sha256(json.dumps(self.cfg, sort_keys=True).encode()).hexdigest()[:10]
         self.work = a.work / digest
         if a.fresh:
             shutil.rmtree(self.work, ignore_errors=True)
         self.work.mkdir(parents=True, exist_ok=True)
-        self.raw_path = a.out / "compare_methods.json"
+        self.raw_path = a.out / f"{self.mode['stem']}.json"
         self.raw = self._load()
 
     def _load(self) -> dict:
         if self.raw_path.is_file() and not self.a.fresh:
             raw = json.loads(self.raw_path.read_text())
             if raw.get("settings") == self.cfg:
+                raw.setdefault("side", {})
                 return raw
             print(f"note: {self.raw_path} holds results of other settings; starting a new table", file=sys.stderr)
-        return {"settings": self.cfg, "pretrain": {}, "cells": {}, "gates": {}, "timing": {}}
+        return {"settings": self.cfg, "pretrain": {}, "cells": {}, "side": {}, "gates": {}, "timing": {}}
 
     def save(self) -> None:
         self.raw["machine"] = machine()
         write_json(self.raw_path, self.raw)
 
-    def opts(self, epochs: int, seed: int, batch_size: int | None = None):
+    def opts(self, epochs: int, seed: int, batch_size: int | None = None, lr: float | None = None):
         from cli.jobs.train import TrainOptions
 
-        return TrainOptions(epochs=epochs, lr=self.a.lr, batch_size=batch_size or self.a.batch_size, device="cpu",
+        return TrainOptions(epochs=epochs, lr=lr or self.a.lr, batch_size=batch_size or self.a.batch_size, device="cpu",
                             workers=0, seed=seed)
 
     def base_home(self, arch: str) -> Path:
-        """The trunk's registry home: pretrained once (seed 0) and reused."""
-        from cli.jobs.train import pretrain
+        """The trunk's registry home: imported (lite0) or pretrained once (seed 0), then reused."""
         from registry.store import Registry
 
-        home = self.work / f"base-{arch}"
+        home = self.work / f"base-{arch.replace('/', '_')}"
         reg, _ = Registry.init(home)
         try:
             if not reg.trunks() or arch not in self.raw["pretrain"]:
@@ -141,21 +201,34 @@ class Runner:
                     shutil.rmtree(home)
                     reg, _ = Registry.init(home)
                 t0 = time.perf_counter()
-                os.environ["MDL_BUILTIN_SCALE"] = str(self.a.source_scale)
-                trunk, src = pretrain(reg, f"builtin:{SOURCE}", name=SOURCE, arch=arch, width=self.a.width,
-                                      image_size=self.a.image_size, opts=self.opts(self.a.pretrain_epochs, 0, self.a.pretrain_batch_size))
-                self.raw["pretrain"][arch] = {
-                    "val_accuracy": src.accuracy, "test_accuracy": src.config["test_accuracy"],
-                    "trunk_params": trunk.num_params, "source_domain_params": src.domain_params,
-                    "best_epoch": src.config["best_epoch"], "train_images_per_s": trunk.config["train_images_per_s"],
-                    "wall_s": round(time.perf_counter() - t0, 1)}
+                if self.mode["pretrained_here"]:
+                    from cli.jobs.train import pretrain
+
+                    trunk, src = pretrain(reg, builtin(SOURCE, self.a.source_scale), name=SOURCE, arch=arch,
+                                          width=self.a.width, image_size=self.a.image_size,
+                                          opts=self.opts(self.a.pretrain_epochs, 0, self.a.pretrain_batch_size))
+                    self.raw["pretrain"][arch] = {
+                        "val_accuracy": src.accuracy, "test_accuracy": src.config["test_accuracy"],
+                        "trunk_params": trunk.num_params, "source_domain_params": src.domain_params,
+                        "best_epoch": src.config["best_epoch"], "train_images_per_s": trunk.config["train_images_per_s"],
+                        "wall_s": round(time.perf_counter() - t0, 1)}
+                else:
+                    from cli.jobs.trunks import import_trunk
+
+                    trunk, src = import_trunk(reg, arch=arch, image_size=self.a.image_size)
+                    self.raw["pretrain"][arch] = {
+                        "imported": trunk.provenance.get("source"),
+                        "trunk_params": trunk.num_params, "source": src.name if src else None,
+                        "source_method": src.method if src else None,
+                        "source_domain_params": src.domain_params if src else None,
+                        "image_size": self.a.image_size, "wall_s": round(time.perf_counter() - t0, 1)}
                 self.save()
         finally:
             reg.close()
         return home
 
-    def home(self, arch: str, method: str, seed: int) -> Path:
-        home = self.work / f"{arch}-{method}-s{seed}"
+    def home(self, arch: str, method: str, seed: int, tag: str = "") -> Path:
+        home = self.work / f"{arch.replace('/', '_')}-{method}{tag}-s{seed}"
         if not home.exists():
             base = self.base_home(arch)
             tmp = home.with_name(home.name + ".tmp")
@@ -164,31 +237,48 @@ class Runner:
             os.replace(tmp, home)
         return home
 
-    def cell(self, label: str, arch: str, method: str, domain: str, seed: int) -> None:
+    def _train(self, home: Path, label: str, arch: str, method: str, domain: str, seed: int, lr: float) -> dict:
         from cli.jobs.train import add_domain
         from registry.store import Registry
 
-        key = f"{label}|{domain}|{seed}"
-        if key in self.raw["cells"]:
-            return
-        reg = Registry.open(self.home(arch, method, seed))
+        reg = Registry.open(home)
         try:
             t0 = time.perf_counter()
-            os.environ["MDL_BUILTIN_SCALE"] = str(self.a.scale)
-            v = add_domain(reg, domain, f"builtin:{domain}", method=method, trunk=arch,
-                           opts=self.opts(self.a.epochs, seed))
+            v = add_domain(reg, domain, builtin(domain, self.a.scale), method=method, trunk=arch,
+                           opts=self.opts(self.a.epochs, seed, lr=lr))
             wall = time.perf_counter() - t0
         finally:
             reg.close()
-        self.raw["cells"][key] = {
-            "method": label, "arch": arch, "domain": domain, "seed": seed, "version": v.version,
+        return {
+            "method": label, "arch": arch, "domain": domain, "seed": seed, "lr": lr, "version": v.version,
             "val_accuracy": v.accuracy, "test_accuracy": v.config["test_accuracy"], "domain_params": v.domain_params,
-            "num_classes": v.num_classes, "train_images": v.data["sizes"]["train"], "best_epoch": v.config["best_epoch"],
-            "weight_decay": v.config["recipe"]["weight_decay"],
+            "num_classes": v.num_classes, "train_images": v.data["sizes"]["train"],
+            "test_images": v.data["sizes"].get("test"), "best_epoch": v.config["best_epoch"],
+            "history": v.config["history"], "weight_decay": v.config["recipe"]["weight_decay"],
             "train_images_per_s": round(v.config["train_images_per_s"], 1), "wall_s": round(wall, 1)}
+
+    def cell(self, label: str, arch: str, method: str, domain: str, seed: int) -> None:
+        key = f"{label}|{domain}|{seed}"
+        if key in self.raw["cells"]:
+            return
+        c = self._train(self.home(arch, method, seed), label, arch, method, domain, seed, self.a.lr)
+        self.raw["cells"][key] = c
         self.save()
-        print(f"[cell] {label:18s} {domain:12s} seed {seed}: test {v.config['test_accuracy']:.2f} "
-              f"val {v.accuracy:.2f} ({wall:.0f}s)", file=sys.stderr, flush=True)
+        print(f"[cell] {label:18s} {domain:12s} seed {seed}: test {c['test_accuracy']:.2f} "
+              f"val {c['val_accuracy']:.2f} {c['train_images_per_s']:.0f} img/s ({c['wall_s']:.0f}s)",
+              file=sys.stderr, flush=True)
+
+    def side(self, spec: str) -> None:
+        s = parse_side(spec)
+        if spec in self.raw["side"]:
+            return
+        arch = self.mode["methods"][0][1]
+        home = self.home(arch, s["method"], s["seed"], tag=f"-lr{s['lr']:g}")
+        c = self._train(home, s["label"], arch, s["method"], s["domain"], s["seed"], s["lr"])
+        self.raw["side"][spec] = c
+        self.save()
+        print(f"[side] {s['label']:18s} {s['domain']:12s} seed {s['seed']}: test {c['test_accuracy']:.2f} "
+              f"val {c['val_accuracy']:.2f} ({c['wall_s']:.0f}s)", file=sys.stderr, flush=True)
 
     def gate(self, placement: str, domain: str, seed: int) -> None:
         from cli.jobs.common import open_version_data
@@ -200,14 +290,15 @@ class Runner:
         key = f"{placement}|{domain}|{seed}"
         if key in self.raw["gates"]:
             return
-        reg = Registry.open(self.home("resnet26_dw", "dw", seed))
+        arch = self.mode["methods"][0][1]
+        reg = Registry.open(self.home(arch, "dw", seed))
         try:
             t0 = time.perf_counter()
-            os.environ["MDL_BUILTIN_SCALE"] = str(self.a.scale)
             target = reg.domain_version(domain)
             assert target.method == "dw", target
-            g = train_gate(reg, target, GateOptions(placement=placement, epochs=self.a.gate_epochs, lr=self.a.lr,
+            g = train_gate(reg, target, GateOptions(placement=placement, epochs=self.a.gate_epochs, lr=self.a.gate_lr,
                                                     batch_size=self.a.batch_size, device="cpu", workers=0, seed=seed))
+            t_train = time.perf_counter() - t0
             net = gated_network(reg, g)
             dev = DeviceSetup.resolve("cpu")
             dev.prepare(net)
@@ -221,21 +312,24 @@ class Runner:
             "placement": placement, "domain": domain, "seed": seed, "val_accuracy": g.accuracy,
             "base_val_accuracy": g.base_accuracy, "test_accuracy": test_acc,
             "base_test_accuracy": target.config["test_accuracy"], "gate_params": gate_params,
-            "mixed": g.config["mixed_names"], "best_epoch": g.config["best_epoch"], "wall_s": round(wall, 1)}
+            "mixed": g.config["mixed_names"], "best_epoch": g.config["best_epoch"], "history": g.config["history"],
+            "train_wall_s": round(t_train, 1), "wall_s": round(wall, 1)}
         self.save()
         print(f"[gate] {placement:6s} {domain:12s} seed {seed}: test {test_acc:.2f} (no gate "
               f"{target.config['test_accuracy']:.2f}) ({wall:.0f}s)", file=sys.stderr, flush=True)
 
     def run(self, domains: list[str]) -> None:
         t_start = time.perf_counter()
-        methods = [m for m in METHODS if m[0] in self.a.methods]
+        methods = [m for m in self.mode["methods"] if m[0] in self.a.methods]
         for arch in dict.fromkeys(m[1] for m in methods):
             self.base_home(arch)
         core = [m for m in methods if m[0] not in OPTIONAL]
-        for seed in self.a.seeds:  # the paper's table first, then the gates, then the optional rows
+        for seed in self.a.seeds:  # the paper's table first, then the side cells, the gates, the optional rows
             for label, arch, method in core:
                 for d in domains:
                     self.cell(label, arch, method, d, seed)
+        for spec in self.a.side:
+            self.side(spec)
         if "dw" in self.a.methods:
             for seed in self.a.seeds:
                 for p in self.a.placements:
@@ -245,47 +339,46 @@ class Runner:
             for label, arch, method in [m for m in methods if m[0] in OPTIONAL]:
                 for d in domains:
                     self.cell(label, arch, method, d, seed)
-        self.raw["timing"]["last_invocation_wall_s"] = round(time.perf_counter() - t_start, 1)
-        self.raw["timing"]["cells_wall_s"] = round(sum(c["wall_s"] for c in self.raw["cells"].values()), 1)
-        self.raw["timing"]["gates_wall_s"] = round(sum(c["wall_s"] for c in self.raw["gates"].values()), 1)
-        self.raw["timing"]["pretrain_wall_s"] = round(sum(c["wall_s"] for c in self.raw["pretrain"].values()), 1)
+        t = self.raw["timing"]
+        t["last_invocation_wall_s"] = round(time.perf_counter() - t_start, 1)
+        t["cells_wall_s"] = round(sum(c["wall_s"] for c in self.raw["cells"].values()), 1)
+        t["side_wall_s"] = round(sum(c["wall_s"] for c in self.raw["side"].values()), 1)
+        t["gates_wall_s"] = round(sum(c["wall_s"] for c in self.raw["gates"].values()), 1)
+        t["pretrain_wall_s"] = round(sum(c["wall_s"] for c in self.raw["pretrain"].values()), 1)
         self.save()
 
 
 # --------------------------------------------------------------------------------------------- report
 def trunk_param_count(arch: str, width: float) -> int:
-    from mdl_core.nets.registry import get_trunk
-
-    spec = get_trunk(arch)(width)
-    n = 0
-    for d in spec.tensors.values():
-        if d.is_param:
-            k = 1
-            for s in d.shape:
-                k *= s
-            n += k
-    return n
-
-
-def param_totals(width: float, classes: dict[str, int]) -> dict[str, dict]:
-    """Parameters to serve the source + all targets: the pretrained trunk (it serves the source) plus
-    every target's own parameters (heads included), per method; computed from the networks themselves."""
+    """The trunk's learnable parameters without its classifier (= a classifier-only network's shared part)."""
     from mdl_core import create_network
 
-    out = {}
-    for label, arch, method in METHODS:
+    return create_network(arch, method="classifier-only", domains={}, width=width).parameter_counts()["shared"]
+
+
+def param_totals(methods, width: float, classes: dict[str, int]) -> dict[str, dict]:
+    """Parameters to serve all targets: the trunk without its classifier (which also serves the trunk's
+    source) plus every target's own parameters (heads included), per method; computed from the networks."""
+    from mdl_core import create_network
+
+    out, trunks = {}, {}
+    for label, arch, method in methods:
+        if arch not in trunks:
+            trunks[arch] = trunk_param_count(arch, width)
         net = create_network(arch, method=method, domains=classes, width=width)
         per = net.parameter_counts()["domains"]
-        trunk = trunk_param_count(arch, width)
-        out[label] = {"trunk": trunk, "per_domain": per, "total": trunk + sum(per.values())}
+        out[label] = {"trunk": trunks[arch], "per_domain": per, "total": trunks[arch] + sum(per.values())}
+        del net
     return out
 
 
 def summarize(raw: dict, domains: list[str]) -> dict:
     from mdl_core.scoring import domain_score
 
+    mode = MODES[raw["settings"].get("trunk_mode", "resnet26")]
+    methods = mode["methods"]
     cells, seeds = raw["cells"], sorted({c["seed"] for c in raw["cells"].values()})
-    labels = [m[0] for m in METHODS if any(c["method"] == m[0] for c in cells.values())]
+    labels = [m[0] for m in methods if any(c["method"] == m[0] for c in cells.values())]
 
     def acc(label, d, s, what="test_accuracy"):
         c = cells.get(f"{label}|{d}|{s}")
@@ -300,8 +393,12 @@ def summarize(raw: dict, domains: list[str]) -> dict:
     for c in cells.values():
         classes[c["domain"]] = c["num_classes"]
     classes = {d: classes[d] for d in domains if d in classes}
-    bench_params = param_totals(raw["settings"]["width"], classes)
-    full_params = param_totals(1.0, classes)
+    used = [m for m in methods if m[0] in labels]
+    width = raw["settings"]["width"]
+    bench_params = param_totals(used, width, classes)
+    full_params = param_totals(used, 1.0, classes) if width != 1.0 else bench_params
+    dw_total = bench_params["dw"]["total"] if "dw" in bench_params else float("nan")
+    dw_full = full_params["dw"]["total"] if "dw" in full_params else float("nan")
     rows = {}
     for label in labels:
         complete = [s for s in seeds if all(acc(label, d, s) is not None for d in domains)]
@@ -313,17 +410,27 @@ def summarize(raw: dict, domains: list[str]) -> dict:
         recorded = {d: cells[f"{label}|{d}|{seeds[0]}"]["domain_params"] for d in domains
                     if f"{label}|{d}|{seeds[0]}" in cells}
         bp = bench_params[label]
-        assert all(bp["per_domain"][d] == n for d, n in recorded.items()), (label, recorded, bp)
+        differ = {d: (n, bp["per_domain"][d]) for d, n in recorded.items() if bp["per_domain"][d] != n}
+        if differ:  # e.g. JSON written by an earlier network design (its method rules owned other tensors)
+            print(f"warning: {label}: own parameters recorded in the registry differ from the current network's "
+                  f"(recorded, now): {differ}", file=sys.stderr)
+        mine = [c for c in cells.values() if c["method"] == label]
         rows[label] = {
-            "arch": next(m[1] for m in METHODS if m[0] == label), "seeds": complete,
+            "arch": next(m[1] for m in methods if m[0] == label), "seeds": complete,
             "per_domain": per_domain, "mean": mean_spread(means), "score": mean_spread(scores),
             "mean_per_seed": means, "score_per_seed": scores,
-            "params_ratio": bp["total"] / bench_params["dw"]["total"],
-            "params_ratio_full_width": full_params[label]["total"] / full_params["dw"]["total"],
+            "params_ratio": bp["total"] / dw_total,
+            "params_ratio_full_width": full_params[label]["total"] / dw_full,
             "params_total": bp["total"], "params_total_full_width": full_params[label]["total"],
+            "trunk_params": bp["trunk"],
+            "per_domain_params": bp["per_domain"],
+            "recorded_params_differ": differ,
             "per_domain_params_mean": sum(bp["per_domain"].values()) / len(classes),
             "per_domain_params_mean_full_width": sum(full_params[label]["per_domain"].values()) / len(classes),
-            "train_s": sum(c["wall_s"] for c in cells.values() if c["method"] == label),
+            "own_over_trunk": sum(bp["per_domain"].values()) / len(classes) / bp["trunk"],
+            # images/s over all this row's training: sum of images / sum of training time (validation excluded)
+            "train_images_per_s": _images_per_s(mine),
+            "train_s": sum(c["wall_s"] for c in mine),
         }
     gates = {}
     gcells = raw.get("gates", {})
@@ -346,9 +453,16 @@ def summarize(raw: dict, domains: list[str]) -> dict:
                                                          - gcells[f"{p}|{d}|{s}"]["base_test_accuracy"]
                                                          for s in complete]) for d in domains},
                     "gate_params_mean": sum(gcells[f"{p}|{d}|{complete[0]}"]["gate_params"] for d in domains)
-                    / len(domains) if complete else None}
+                    / len(domains) if complete else None,
+                    "mixed": got[0]["mixed"]}
     return {"domains": domains, "seeds": seeds, "reference": {d: round(v, 3) for d, v in ref.items()},
             "rows": rows, "gates": gates}
+
+
+def _images_per_s(cells: list[dict]) -> float:
+    imgs = [c["train_images"] * len(c.get("history") or [None]) for c in cells if c.get("train_images_per_s")]
+    secs = [n / c["train_images_per_s"] for n, c in zip(imgs, [c for c in cells if c.get("train_images_per_s")])]
+    return sum(imgs) / sum(secs) if secs else float("nan")
 
 
 def fmt(ms, digits=1):
@@ -358,28 +472,74 @@ def fmt(ms, digits=1):
     return f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
+def _k(n: float) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"
+
+
 def markdown(raw: dict, summ: dict) -> str:
+    from mdl_core.data.transforms import default_crop
+    from mdl_core.recipes import Recipe
+
     cfg, domains = raw["settings"], summ["domains"]
-    lines = [f"Settings: width {cfg['width']}, {cfg['image_size']} px (crop {round(cfg['image_size'] * 7 / 8)}), "
-             f"pretrain {cfg['pretrain_epochs']} epochs (seed 0), {cfg['epochs']} epochs per (method, domain), "
-             f"gates {cfg['gate_epochs']} epochs, batch {cfg['batch_size']} (pretraining {cfg['pretrain_batch_size']}), lr {cfg['lr']}, builtin scale: source "
-             f"{cfg['source_scale']:g}, targets {cfg['target_scale']:g}, seeds "
-             f"{', '.join(map(str, summ['seeds']))}; test-split top-1 accuracy (%), mean ± half-range over seeds.",
-             f"Score reference per domain = seed-mean `{REFERENCE}` (resnet26_dw) test accuracy: "
-             + ", ".join(f"{d} {v:.1f}" for d, v in summ["reference"].items()) + ".", "",
-             "| method | trunk | #params (vs dw) | #params full width (vs dw) | "
-             + " | ".join(domains) + " | mean | score |",
-             "|---|---|---|---|" + "---|" * len(domains) + "---|---|"]
-    for label, r in summ["rows"].items():
-        lines.append(f"| {label} | {r['arch']} | {r['params_ratio']:.2f} | {r['params_ratio_full_width']:.2f} | "
-                     + " | ".join(fmt(r["per_domain"][d]) for d in domains)
-                     + f" | **{fmt(r['mean'])}** | {fmt(r['score'], 0)} |")
-    lines += ["", "#params = trunk (which also serves the source) + every target's own parameters (heads included), "
-              "relative to `dw`; the full-width column is the same count for the published widths (1.0).", ""]
+    lite0 = cfg.get("trunk_mode") == "lite0"
+    if lite0:
+        pre = next(iter(raw.get("pretrain", {}).values()), {})
+        head = [f"Settings: trunk {LITE0} (ImageNet weights imported offline, no pretraining here; trunk "
+                f"{pre.get('trunk_params', 0):,} parameters without its classifier), images resized to "
+                f"{cfg['image_size']} px (crop {default_crop(cfg['image_size'])}), {cfg['epochs']} epochs per (method, domain), "
+                f"batch {cfg['batch_size']}, lr {cfg['lr']} (warm-up through epoch 1"
+                + "".join(f", x0.1 after epoch {m}" for m in Recipe(epochs=cfg["epochs"]).milestones()) + f"), gates {cfg['gate_epochs']} epoch(s) at lr {cfg['gate_lr']}, "
+                f"targets `builtin:NAME?scale={cfg['target_scale']:g}`, CPU, seeds "
+                f"{', '.join(map(str, summ['seeds']))}; test-split top-1 accuracy (%), mean ± half-range over seeds."]
+    else:
+        head = [f"Settings: width {cfg['width']}, {cfg['image_size']} px (crop {default_crop(cfg['image_size'])}), "
+                f"pretrain {cfg['pretrain_epochs']} epochs (seed 0), {cfg['epochs']} epochs per (method, domain), "
+                f"gates {cfg['gate_epochs']} epochs, batch {cfg['batch_size']} (pretraining {cfg['pretrain_batch_size']}), "
+                f"lr {cfg['lr']}, builtin scale: source {cfg['source_scale']:g}, targets {cfg['target_scale']:g}, seeds "
+                f"{', '.join(map(str, summ['seeds']))}; test-split top-1 accuracy (%), mean ± half-range over seeds."]
+    ref_arch = next((r["arch"] for lab, r in summ["rows"].items() if lab == REFERENCE), "")
+    lines = head + [f"Score reference per domain = seed-mean `{REFERENCE}` ({ref_arch}) test accuracy: "
+                    + ", ".join(f"{d} {v:.1f}" for d, v in summ["reference"].items()) + ".", ""]
+    if lite0:
+        lines += ["| method | own params/domain (mean) | own / trunk | total #params (vs dw) | "
+                  + " | ".join(domains) + " | mean | score | train img/s |",
+                  "|---|---|---|---|" + "---|" * len(domains) + "---|---|---|"]
+        for label, r in summ["rows"].items():
+            lines.append(f"| {label} | {_k(r['per_domain_params_mean'])} | {100 * r['own_over_trunk']:.1f}% | "
+                         f"{_k(r['params_total'])} ({r['params_ratio']:.2f}) | "
+                         + " | ".join(fmt(r["per_domain"][d]) for d in domains)
+                         + f" | **{fmt(r['mean'])}** | {fmt(r['score'], 0)} | {r['train_images_per_s']:.0f} |")
+        lines += ["", "own params = the domain's own learnable parameters (head included), mean over the targets; "
+                  "total = trunk without its ImageNet classifier + every target's own parameters, relative to `dw`; "
+                  "train img/s = training images / training time of the row's cells (validation excluded), "
+                  "from the registry's `train_images_per_s`.", ""]
+    else:
+        lines += ["| method | trunk | #params (vs dw) | #params full width (vs dw) | "
+                  + " | ".join(domains) + " | mean | score |",
+                  "|---|---|---|---|" + "---|" * len(domains) + "---|---|"]
+        for label, r in summ["rows"].items():
+            lines.append(f"| {label} | {r['arch']} | {r['params_ratio']:.2f} | {r['params_ratio_full_width']:.2f} | "
+                         + " | ".join(fmt(r["per_domain"][d]) for d in domains)
+                         + f" | **{fmt(r['mean'])}** | {fmt(r['score'], 0)} |")
+        lines += ["", "#params = trunk (which also serves the source) + every target's own parameters (heads included), "
+                  "relative to `dw`; the full-width column is the same count for the published widths (1.0).", ""]
+    side = raw.get("side", {})
+    if side:
+        lines += ["Side cells (not in the rows above):", "",
+                  "| cell | domain | seed | lr | test | val | best epoch | row's value at lr " f"{cfg['lr']} (same seed) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for spec, c in side.items():
+            s = parse_side(spec)
+            base = raw["cells"].get(f"{s['method']}|{c['domain']}|{c['seed']}")
+            lines.append(f"| {c['method']} | {c['domain']} | {c['seed']} | {c['lr']} | {c['test_accuracy']:.1f} | "
+                         f"{c['val_accuracy']:.1f} | {c['best_epoch']} | "
+                         + (f"test {base['test_accuracy']:.1f}, val {base['val_accuracy']:.1f}" if base else "–") + " |")
+        lines.append("")
     if summ["gates"]:
         base = summ["rows"].get("dw")
+        mixed = next(iter(summ["gates"].values())).get("mixed") or []
         lines += ["Soft-sharing gates (paper Table 3) on the `dw` adapters of the same seed, mixing all "
-                  f"{len(domains) + 1} registered `dw` domains (source included):", "",
+                  f"{len(mixed) or len(domains) + 1} registered `dw` domains ({', '.join(mixed) or 'source included'}):", "",
                   "| gate placement | gate params/domain | " + " | ".join(domains) + " | mean | Δ mean vs no gate | score |",
                   "|---|---|" + "---|" * len(domains) + "---|---|---|"]
         if base:
@@ -390,18 +550,23 @@ def markdown(raw: dict, summ: dict) -> str:
                          + f" | **{fmt(g['mean'])}** | {g['delta_vs_dw'][0]:+.2f} ± {g['delta_vs_dw'][1]:.2f} | "
                          f"{fmt(g['score'], 0)} |")
     pre = raw.get("pretrain", {})
-    if pre:
+    if pre and not lite0:
         lines += ["", "Pretraining on `source` (100 classes): " + "; ".join(
             f"{arch}: test {p['test_accuracy']:.1f}%, trunk {p['trunk_params']:,} params, {p['wall_s']:.0f} s"
             for arch, p in pre.items()) + "."]
+    elif pre:
+        lines += ["", "Trunk import: " + "; ".join(
+            f"{arch}: {p['trunk_params']:,} params, source domain `{p['source']}` ({p['source_method']}), {p['wall_s']:.0f} s"
+            for arch, p in pre.items()) + "."]
     t = raw.get("timing", {})
     if t:
-        lines += [f"Wall time (sum over cells): pretraining {t.get('pretrain_wall_s', 0):.0f} s, adapters "
-                  f"{t.get('cells_wall_s', 0):.0f} s, gates {t.get('gates_wall_s', 0):.0f} s."]
+        lines += [f"Wall time (sum over cells): {'import' if lite0 else 'pretraining'} {t.get('pretrain_wall_s', 0):.0f} s, "
+                  f"methods {t.get('cells_wall_s', 0):.0f} s, side cells {t.get('side_wall_s', 0):.0f} s, "
+                  f"gates {t.get('gates_wall_s', 0):.0f} s; last invocation {t.get('last_invocation_wall_s', 0):.0f} s."]
     return "\n".join(lines) + "\n"
 
 
-def charts(summ: dict, out: Path) -> None:
+def charts(summ: dict, out: Path, stem: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -433,12 +598,12 @@ def charts(summ: dict, out: Path) -> None:
     ax2.set_xscale("log")
     ax2.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax2.set_xticks([0.5, 1, 2, 4, 8], ["0.5", "1", "2", "4", "8"])
-    ax2.set_xlabel("#params for source + all targets, relative to dw (log)")
+    ax2.set_xlabel("#params for all targets (trunk included), relative to dw (log)")
     ax2.set_ylabel(f"decathlon-style score (reference = {REFERENCE})")
     ax2.set_title("Score vs parameters")
     ax2.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out / "compare_methods.png", dpi=110)
+    fig.savefig(out / f"{stem}.png", dpi=110)
     plt.close(fig)
 
     if summ["gates"]:
@@ -459,16 +624,16 @@ def charts(summ: dict, out: Path) -> None:
         ax.legend(fontsize=7, ncol=2)
         ax.grid(axis="y", alpha=0.3)
         fig.tight_layout()
-        fig.savefig(out / "compare_gates.png", dpi=110)
+        fig.savefig(out / (stem.replace("compare_methods", "compare_gates") + ".png"), dpi=110)
         plt.close(fig)
 
 
-def report(raw: dict, domains: list[str], out: Path) -> None:
+def report(raw: dict, domains: list[str], out: Path, stem: str) -> None:
     summ = summarize(raw, domains)
     raw["summary"] = summ
-    write_json(out / "compare_methods.json", raw)
-    (out / "compare_methods.md").write_text(markdown(raw, summ))
-    charts(summ, out)
+    write_json(out / f"{stem}.json", raw)
+    (out / f"{stem}.md").write_text(markdown(raw, summ))
+    charts(summ, out, stem)
     print(markdown(raw, summ))
 
 
@@ -476,19 +641,22 @@ def main(argv=None):
     a = parse_args(argv)
     from mdl_core.data import list_builtin
 
+    stem = MODES[a.trunk]["stem"]
     domains = a.domains or [d for d in list_builtin() if d != SOURCE]
     a.out.mkdir(parents=True, exist_ok=True)
     if a.report_only:
-        report(json.loads((a.out / "compare_methods.json").read_text()), domains, a.out)
+        raw = json.loads((a.out / f"{stem}.json").read_text())
+        report(raw, raw.get("summary", {}).get("domains") or domains, a.out, stem)
         return
     if a.threads:
         import torch
 
         torch.set_num_threads(a.threads)
+    os.environ.pop("MDL_BUILTIN_SCALE", None)  # every source names its scale (builtin:NAME?scale=S)
     runner = Runner(a)
     runner.raw["command"] = "python bench/compare_methods.py " + " ".join(argv if argv is not None else sys.argv[1:])
     runner.run(domains)
-    report(runner.raw, domains, a.out)
+    report(runner.raw, domains, a.out, stem)
 
 
 if __name__ == "__main__":

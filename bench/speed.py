@@ -85,10 +85,11 @@ def _perturb(net, seed: int = 0):
 
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for st in net.domain_store.values():
-            for k, t in st.flat().items():
-                if t.is_floating_point() and not k.endswith("running_var"):
-                    t.add_(0.05 * torch.randn(t.shape, generator=g).to(t))
+        for d in net.domains:
+            for k, t in net.domain_tensors(d).items():
+                if t.is_floating_point():
+                    noise = 0.05 * torch.randn(t.shape, generator=g).to(t)
+                    t.add_(noise.abs() if k.endswith("running_var") else noise)
 
 
 def train_setup(width: float, px: int, batch: int, method: str, layout: str, device: str = "cpu", amp: bool = False):
@@ -231,23 +232,28 @@ def count_flops(fn) -> int:
 
 def train_flops(width: float, px: int, batch: int, method: str) -> float:
     """Training-step FLOPs: forward F + input gradients (~F) + weight gradients of the TRAINABLE
-    convolutions only (each as many FLOPs as its forward). Counted per conv from the trunk spec."""
+    convolutions only (each as many FLOPs as its forward). Counted per conv with forward hooks
+    (2 * k_h * k_w * C_in / groups * C_out * H_out * W_out per image)."""
+    import torch
+    from torch import nn
+
     from mdl_core import create_network
 
     net = create_network("resnet26_dw", method=method, domains={"d": 10}, width=width)
-    trainable = set(net.domain_store["d"].flat())
-    fwd, wgrad, h = 0.0, 0.0, px
-    for u in net.spec.units:
-        ho = -(-h // u.stride)
-        if u.kind == "stem":
-            parts = {"stem.conv.weight": 2 * 9 * u.cin * u.cout * ho * ho}
-        else:
-            parts = {u.key("dw") + ".weight": 2 * 9 * u.cin * ho * ho, u.key("pw") + ".weight": 2 * u.cin * u.cout * ho * ho}
-        for k, f in parts.items():
-            fwd += f
-            wgrad += f if k in trainable else 0
-        h = ho
-    return batch * (2 * fwd + wgrad)
+    net.train_domain("d")
+    fwd, wgrad = [0.0], [0.0]
+
+    def hook(m, inp, out):
+        f = 2 * m.kernel_size[0] * m.kernel_size[1] * m.in_channels // m.groups * m.out_channels * out.shape[2] * out.shape[3]
+        fwd[0] += f
+        wgrad[0] += f if m.weight.requires_grad else 0
+
+    hs = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        net.eval()(torch.zeros(1, 3, px, px), domain="d")
+    for h in hs:
+        h.remove()
+    return batch * (2 * fwd[0] + wgrad[0])
 
 
 def bench_train(cfgs, a, device="cpu", amp=False, layouts=("nchw", "channels_last")) -> list[dict]:
