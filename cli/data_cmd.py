@@ -10,6 +10,8 @@ from typing import Annotated, Optional
 import typer
 
 from cli._output import Json, emit_json, info, out
+from cli.threads import Threads
+from cli.threads import apply as apply_threads
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -28,8 +30,9 @@ OnBadImage = Annotated[OnBad, typer.Option("--on-bad-image", help="Undecodable i
 @app.command()
 def inspect(src: Src, domain: Domain = None, image_size: ImageSize = 72, on_bad_image: OnBadImage = OnBad.fail,
             seed: Annotated[int, typer.Option(help="Seed of the train/val split of a single ImageFolder tree.")] = 0,
-            json: Json = False) -> None:
+            threads: Threads = None, json: Json = False) -> None:
     """Show what the tool reads from SRC: classes, split sizes, image sizes, mean/std, problems."""
+    apply_threads(threads)
     from mdl_core.data import open_source
 
     dd = open_source(src, domain, image_size=image_size, on_bad_image=on_bad_image.value, seed=seed, log=info)

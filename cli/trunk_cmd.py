@@ -6,6 +6,8 @@ from typing import Annotated, Optional
 import typer
 
 from cli._output import Home, Json, emit_json, info
+from cli.threads import Threads
+from cli.threads import apply as apply_threads
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -18,9 +20,10 @@ def import_(
     from_timm: Annotated[bool, typer.Option("--from-timm", help="Download timm's own pretrained weights (needs the network).")] = False,
     source_name: Annotated[str, typer.Option("--source-name", help="Domain name for the weights' own classifier.")] = "imagenet",
     image_size: Annotated[int, typer.Option("--image-size", min=8, help="Shorter side new domains are resized to (crop 64/72 of it).")] = 72,
-    home: Home = None, as_json: Json = False,
+    threads: Threads = None, home: Home = None, as_json: Json = False,
 ) -> None:
     """Register a pretrained trunk version (with its provenance and preprocessing config)."""
+    apply_threads(threads)
     from cli.jobs.trunks import import_trunk
     from cli.registry_cmds import open_registry, version_row
 

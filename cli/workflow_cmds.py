@@ -10,6 +10,8 @@ import typer
 from rich.table import Table
 
 from cli._output import Home, Json, emit_json, info, out
+from cli.threads import Threads
+from cli.threads import apply as apply_threads
 from cli.registry_cmds import open_registry, resolve_home, version_row, versions_table
 
 
@@ -64,10 +66,11 @@ def register(app: typer.Typer) -> None:
         image_size: Annotated[int, typer.Option("--image-size", min=8, help="Shorter side after resizing.")] = 72,
         epochs: Epochs = 10, lr: Lr = 0.1, batch_size: BatchSize = 64,
         wd: Annotated[float, typer.Option("--wd", min=0.0, help="Weight decay.")] = 1e-4,
-        device: DeviceOpt = Device.auto, workers: Workers = 0, seed: Seed = 0,
+        device: DeviceOpt = Device.auto, threads: Threads = None, workers: Workers = 0, seed: Seed = 0,
         on_bad_image: BadImage = OnBadImage.fail, resume: Resume = False, home: Home = None, as_json: Json = False,
     ) -> None:
         """Train the whole network on a source domain; register it as a trunk version and as the first domain."""
+        apply_threads(threads)
         from cli.jobs.train import pretrain as run
 
         reg = open_registry(home)
@@ -88,10 +91,11 @@ def register(app: typer.Typer) -> None:
         trunk: Annotated[Optional[str], typer.Option("--trunk", help="ARCH or ARCH:vN (default: newest compatible; a fresh registry imports timm/tf_efficientnet_lite0).")] = None,
         epochs: Epochs = 10, lr: Lr = 0.1, batch_size: BatchSize = 64,
         wd: Annotated[Optional[float], typer.Option("--wd", min=0.0, help="Weight decay (default: per dataset).")] = None,
-        device: DeviceOpt = Device.auto, workers: Workers = 0, seed: Seed = 0,
+        device: DeviceOpt = Device.auto, threads: Threads = None, workers: Workers = 0, seed: Seed = 0,
         on_bad_image: BadImage = OnBadImage.fail, resume: Resume = False, home: Home = None, as_json: Json = False,
     ) -> None:
         """Train and register a new version of domain NAME against the frozen trunk."""
+        apply_threads(threads)
         from cli.jobs.train import add_domain as run
 
         reg = open_registry(home)
@@ -108,9 +112,10 @@ def register(app: typer.Typer) -> None:
         domain: Annotated[Optional[list[str]], typer.Option("--domain", help="Target domain (repeatable; default: all dw domains).")] = None,
         placement: Annotated[Placement, typer.Option("--placement", help="Gated stages (paper Table 3).")] = Placement.all,
         epochs: Epochs = 10, lr: Lr = 0.1, batch_size: BatchSize = 64,
-        device: DeviceOpt = Device.auto, workers: Workers = 0, seed: Seed = 0, home: Home = None, as_json: Json = False,
+        device: DeviceOpt = Device.auto, threads: Threads = None, workers: Workers = 0, seed: Seed = 0, home: Home = None, as_json: Json = False,
     ) -> None:
         """Train soft-sharing gates (filters frozen) and register them; report accuracy with and without."""
+        apply_threads(threads)
         from cli.jobs.gates import GateOptions, gate_targets, train_gate
 
         reg = open_registry(home)
@@ -136,9 +141,10 @@ def register(app: typer.Typer) -> None:
     def score(
         split: Annotated[Split, typer.Option("--split", help="Evaluate on val or test.")] = Split.val,
         results: Annotated[Optional[Path], typer.Option("--results", help="Write the challenge's results.json here.")] = None,
-        device: DeviceOpt = Device.auto, workers: Workers = 0, home: Home = None, as_json: Json = False,
+        device: DeviceOpt = Device.auto, threads: Threads = None, workers: Workers = 0, home: Home = None, as_json: Json = False,
     ) -> None:
         """Per-domain accuracy and the Visual Decathlon total (official constants)."""
+        apply_threads(threads)
         from cli.jobs.evaluate import score as run
 
         report = run(open_registry(home), split=split.value, results=results, device=device.value, workers=workers)
@@ -152,9 +158,10 @@ def register(app: typer.Typer) -> None:
         name: Annotated[str, typer.Argument(help="Domain for the images (an IMAGE written other@path uses domain other).")],
         images: Annotated[list[str], typer.Argument(help="Image files.")],
         top_k: Annotated[int, typer.Option("--top-k", min=1)] = 5,
-        device: DeviceOpt = Device.auto, home: Home = None, as_json: Json = False,
+        device: DeviceOpt = Device.auto, threads: Threads = None, home: Home = None, as_json: Json = False,
     ) -> None:
         """Classify images with registered domains (several domains share one stacked pass)."""
+        apply_threads(threads)
         from cli.jobs.evaluate import predict as run
 
         rows = run(open_registry(home), name, images, top_k=top_k, device=device.value)
@@ -167,12 +174,13 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def demo(
-        device: DeviceOpt = Device.auto, workers: Workers = 0,
+        device: DeviceOpt = Device.auto, threads: Threads = None, workers: Workers = 0,
         home: Annotated[Optional[Path], typer.Option("--home", envvar="MDL_DEMO_HOME",
                                                      help="Demo registry (default ~/.mdl/demo); a second run reuses it.")] = None,
         as_json: Json = False,
     ) -> None:
         """The whole workflow on the bundled mini-decathlon, sized for a few minutes on 2 CPU cores."""
+        apply_threads(threads)
         from cli.jobs.demo import run
 
         report = run(resolve_home(home) if home else resolve_home(None) / "demo", device=device.value, workers=workers)

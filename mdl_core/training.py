@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mdl_core import threads
 from mdl_core.recipes import Recipe
 
 Tensors = dict[str, torch.Tensor]
@@ -72,6 +73,7 @@ def predict_logits(net: nn.Module, loader: Iterable, dev: DeviceSetup, **forward
     logits, labels = [], []
     try:
         for x, y in loader:
+            threads.rebalance()  # another mdl job may have started or ended
             with dev.autocast():
                 out = net(dev.batch(x), **forward_kw)
             logits.append(out.float().cpu())
@@ -201,6 +203,7 @@ def fit(
             if epoch == 0 and recipe.warmup:  # linear warm-up over the first epoch (Goyal et al. 2017)
                 for group in opt.param_groups:
                     group["lr"] = recipe.lr_at(0) * (step + 1) / max(_len(train_loader), 1)
+            threads.rebalance()  # another mdl job may have started or ended
             x, y = dev.batch(x), y.to(dev.device)
             with dev.autocast():
                 logits = net(x, **forward_kw)

@@ -72,6 +72,7 @@ def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """No test touches the user's ~/.mdl or cache."""
     monkeypatch.setenv("MDL_HOME", str(tmp_path / "default-home"))
     monkeypatch.setenv("MDL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MDL_RUNTIME_DIR", str(tmp_path / "jobs"))  # only this test's mdl jobs share the cores
 
 
 def tree_digest(path: Path) -> str:
