@@ -14,8 +14,19 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _console(stream, **kw) -> Console:
+    """Rich assumes 80 columns when not on a terminal, which cuts and wraps tables in logs and pipes
+    (`mdl list | grep ...`); there, use a width that fits them unless $COLUMNS says otherwise."""
+    piped = not (hasattr(stream, "isatty") and stream.isatty())
+    width = PIPED_WIDTH if piped and not os.environ.get("COLUMNS", "").isdigit() else None
+    return Console(highlight=False, soft_wrap=True, width=width, **kw)
+
+
+PIPED_WIDTH = 220
+out = _console(sys.stdout)
+err = _console(sys.stderr, stderr=True)
 
 DEFAULT_HOME = Path("~/.mdl").expanduser()
 
@@ -39,9 +50,20 @@ class CliError(Exception):
         self.hint = hint
 
 
+def _finite(obj: Any) -> Any:
+    """NaN and infinities are not JSON: they become null."""
+    if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def emit_json(obj: Any) -> None:
-    """Pure JSON on stdout: no Rich markup, no wrapping."""
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    """Pure JSON on stdout (strict: NaN/Infinity become null): no Rich markup, no wrapping."""
+    sys.stdout.write(json.dumps(_finite(obj), indent=2, default=str, allow_nan=False) + "\n")
     sys.stdout.flush()
 
 

@@ -52,7 +52,7 @@ def inspect(src: Src, domain: Domain = None, image_size: ImageSize = 72, on_bad_
         t.add_row(name, f"{sp['images']} images{extra}")
     r = s["image_size_range"]
     if r:
-        t.add_row("image sizes", f"{r['min'][0]}x{r['min'][1]} to {r['max'][0]}x{r['max'][1]} (WxH)")
+        t.add_row("image sizes", f"smallest {r['min'][0]}x{r['min'][1]}, largest {r['max'][0]}x{r['max'][1]} (WxH, by area)")
     t.add_row("preprocessing", f"shorter side {s['image_size']}, crop {s['crop']}, "
               + ("random crop + flip in training" if s["flip"] else "no flip, no crop jitter"))
     t.add_row("mean", " ".join(f"{v:.4f}" for v in s["mean"]))

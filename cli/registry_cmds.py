@@ -136,6 +136,12 @@ def register(app: typer.Typer) -> None:
                 info(f"[red]{p['status']}[/]: {p['path']} ({p['kind']})")
             for p in report["unrecorded_files"]:
                 info(f"[yellow]unrecorded file[/] (no registry row points at it): {p}")
+            if report["unrecorded_files"]:
+                info("  left by a write killed before its row committed; harmless: the next version that needs "
+                     "its name moves it to quarantine/, and you may delete it")
+            if report["quarantined_files"]:
+                info(f"{len(report['quarantined_files'])} unrecorded file(s) moved aside in {reg.home / 'quarantine'}; "
+                     "inspect or delete them")
             info(f"{report['ok']}/{report['checked']} artifacts ok in {reg.home}")
         if report["problems"]:
             raise typer.Exit(1)

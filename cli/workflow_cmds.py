@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from cli._output import Home, Json, emit_json, info, out
+from cli._output import CliError, Home, Json, emit_json, info, out
 from cli.threads import Threads
 from cli.threads import apply as apply_threads
 from cli.registry_cmds import open_registry, resolve_home, version_row, versions_table
@@ -44,9 +44,15 @@ Lr = Annotated[float, typer.Option("--lr", help="Initial SGD learning rate.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1)]
 DeviceOpt = Annotated[Device, typer.Option("--device", help="auto uses CUDA (bf16 autocast, channels_last) when present.")]
 Workers = Annotated[int, typer.Option("--workers", min=0, help="Data-loading worker processes.")]
-Seed = Annotated[int, typer.Option("--seed")]
+Seed = Annotated[int, typer.Option("--seed", min=0, help="Random seed (shuffling, initialisation, splits).")]
 BadImage = Annotated[OnBadImage, typer.Option("--on-bad-image", help="Skip (and count) or fail on undecodable images.")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue the killed run with the same settings.")]
+
+
+def _check_data(src: str) -> None:
+    """A wrong path fails at once, before torch and the registry load (seconds of start-up)."""
+    if not src.startswith("builtin:") and not Path(src).expanduser().exists():
+        raise CliError(f"data source not found: {src}", hint="give a folder or builtin:NAME")
 
 
 def _train_options(epochs, lr, batch_size, device, workers, seed, on_bad_image, resume, wd=None):
@@ -70,6 +76,7 @@ def register(app: typer.Typer) -> None:
         on_bad_image: BadImage = OnBadImage.fail, resume: Resume = False, home: Home = None, as_json: Json = False,
     ) -> None:
         """Train the whole network on a source domain; register it as a trunk version and as the first domain."""
+        _check_data(data)
         apply_threads(threads)
         from cli.jobs.train import pretrain as run
 
@@ -89,17 +96,19 @@ def register(app: typer.Typer) -> None:
         data: Data,
         method: Annotated[str, typer.Option("--method", help="Adapter type (see DESIGN: dw, dw-sharing, bn, ...).")] = "dw",
         trunk: Annotated[Optional[str], typer.Option("--trunk", help="ARCH or ARCH:vN (default: newest compatible; a fresh registry imports timm/tf_efficientnet_lite0).")] = None,
+        source_domain: Annotated[Optional[str], typer.Option("--domain", help="Which domain of SRC to read (a decathlon folder holds several; default: NAME).")] = None,
         epochs: Epochs = 10, lr: Lr = 0.1, batch_size: BatchSize = 64,
         wd: Annotated[Optional[float], typer.Option("--wd", min=0.0, help="Weight decay (default: per dataset).")] = None,
         device: DeviceOpt = Device.auto, threads: Threads = None, workers: Workers = 0, seed: Seed = 0,
         on_bad_image: BadImage = OnBadImage.fail, resume: Resume = False, home: Home = None, as_json: Json = False,
     ) -> None:
         """Train and register a new version of domain NAME against the frozen trunk."""
+        _check_data(data)
         apply_threads(threads)
         from cli.jobs.train import add_domain as run
 
         reg = open_registry(home)
-        version = run(reg, name, data, method=method, trunk=trunk,
+        version = run(reg, name, data, method=method, trunk=trunk, source_domain=source_domain,
                       opts=_train_options(epochs, lr, batch_size, device, workers, seed, on_bad_image, resume, wd))
         if as_json:
             emit_json(version_row(version))
@@ -140,14 +149,16 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def score(
         split: Annotated[Split, typer.Option("--split", help="Evaluate on val or test.")] = Split.val,
-        results: Annotated[Optional[Path], typer.Option("--results", help="Write the challenge's results.json here.")] = None,
+        results: Annotated[Optional[Path], typer.Option("--results", help="Write the challenge's results.json here (decathlon domains' test images only).")] = None,
+        on_bad_image: BadImage = OnBadImage.skip,
         device: DeviceOpt = Device.auto, threads: Threads = None, workers: Workers = 0, home: Home = None, as_json: Json = False,
     ) -> None:
         """Per-domain accuracy and the Visual Decathlon total (official constants)."""
         apply_threads(threads)
         from cli.jobs.evaluate import score as run
 
-        report = run(open_registry(home), split=split.value, results=results, device=device.value, workers=workers)
+        report = run(open_registry(home), split=split.value, results=results, device=device.value, workers=workers,
+                     on_bad_image=on_bad_image.value)
         if as_json:
             emit_json(report)
         else:

@@ -1,6 +1,7 @@
 """Training recipes: the paper's SGD schedule scaled to a number of epochs, per-domain weight decay."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 # Guo et al. (AAAI 2019) per-dataset weight decay; small datasets need more regularisation.
@@ -38,6 +39,8 @@ class Recipe:
     def __post_init__(self) -> None:
         if self.epochs < 1:
             raise ValueError(f"--epochs must be at least 1, got {self.epochs}")
+        if not math.isfinite(self.lr) or not math.isfinite(self.weight_decay):
+            raise ValueError(f"--lr and --wd must be finite numbers, got lr {self.lr} and wd {self.weight_decay}")
         if self.lr <= 0 or self.batch_size < 1 or self.weight_decay < 0:
             raise ValueError("--lr and --batch-size must be positive and --wd non-negative")
 

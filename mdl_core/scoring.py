@@ -42,17 +42,21 @@ class ScoredDomain:
     reason: str = ""
 
 
-def score_domains(accuracies: dict[str, float], references: dict[str, float] | None = None) -> tuple[float, list[ScoredDomain]]:
-    """Score every domain: official names use the official baselines; other domains use `references`
-    (e.g. the accuracy of their own `finetune` run) or are left unscored with the reason."""
+def score_domains(accuracies: dict[str, float], references: dict[str, float] | None = None,
+                  official_names: dict[str, str] | None = None) -> tuple[float, list[ScoredDomain]]:
+    """Score every domain: official domains use the official baselines (``official_names`` maps a name a
+    decathlon domain was registered under to its official one); other domains use `references` (e.g.
+    the accuracy of their own `finetune` run) or are left unscored with the reason."""
     baselines = official_baselines()
     references = references or {}
+    official_names = official_names or {}
     scored = []
     for name, acc in accuracies.items():
-        base = baselines.get(name, references.get(name))
+        official = official_names.get(name, name)
+        base = baselines.get(official, references.get(name))
         if base is None:
             scored.append(ScoredDomain(name, acc, None, None, "no reference accuracy recorded"))
         else:
-            source = "official baseline" if name in baselines else "recorded reference"
+            source = "official baseline" if official in baselines else "recorded reference"
             scored.append(ScoredDomain(name, acc, base, domain_score(acc, base), source))
     return sum(d.score for d in scored if d.score is not None), scored

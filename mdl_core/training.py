@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -154,6 +155,10 @@ class FitResult:
 EpochCallback = Callable[[dict], None]
 
 
+class Diverged(ValueError):
+    """The training loss became NaN or infinite."""
+
+
 def fit(
     net: nn.Module,
     params: Callable[[], list[nn.Parameter]],
@@ -208,10 +213,14 @@ def fit(
             with dev.autocast():
                 logits = net(x, **forward_kw)
                 loss = F.cross_entropy(logits.float(), y)
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):  # diverged: stop before the tensors become NaN; nothing is registered
+                raise Diverged(f"training diverged: the loss became {loss_value} at epoch {epoch + 1}, step {step + 1}; "
+                               "nothing was registered (try a lower --lr)")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            loss_sum += loss.item() * len(y)
+            loss_sum += loss_value * len(y)
             correct += (logits.argmax(1) == y).sum().item()
             count += len(y)
             if progress:

@@ -11,6 +11,7 @@ import json
 import os
 import struct
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
@@ -79,6 +80,19 @@ class ArtifactStore:
         _fsync_dir(final.parent)
         return sha, len(data)
 
+    def quarantine(self, relpath: str) -> str:
+        """Move an unrecorded file out of a path a new row needs (the row is the truth: such a file is
+        left by a write killed between its rename and its commit). Returns where it went."""
+        src = self.abspath(relpath)
+        dest = self.home / QUARANTINE / f"{relpath.replace('/', '__')}.{time.strftime('%Y%m%dT%H%M%S')}.{os.getpid()}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dest)
+        return dest.relative_to(self.home).as_posix()
+
+    def quarantined(self) -> list[str]:
+        root = self.home / QUARANTINE
+        return sorted(p.relative_to(self.home).as_posix() for p in root.iterdir()) if root.is_dir() else []
+
     def discard(self, relpath: str) -> None:
         """Undo a write whose row did not commit."""
         self.abspath(relpath).unlink(missing_ok=True)
@@ -113,6 +127,9 @@ class ArtifactStore:
         if not root.is_dir():
             return []
         return sorted(p.relative_to(self.home).as_posix() for p in root.rglob("*.safetensors"))
+
+
+QUARANTINE = "quarantine"  # outside artifacts/: unrecorded files moved aside, kept for the user to inspect
 
 
 def _fsync_dir(path: Path) -> None:

@@ -5,10 +5,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry.errors import NotInitialised, SchemaMismatch
+from registry.errors import NotInitialised, RegistryError, SchemaMismatch
 
 BUSY_TIMEOUT_S = 30
 
@@ -60,11 +61,28 @@ def head_revision(engine: Engine) -> str:
     return ScriptDirectory.from_config(_alembic_config(engine)).get_current_head()
 
 
+def _unreadable(engine: Engine, exc: DatabaseError) -> RegistryError:
+    reason = (str(exc.orig) if exc.orig is not None else str(exc)).splitlines()[0]
+    return RegistryError(f"{engine.url.database} is not a readable SQLite database ({reason})",
+                         hint="move it aside (it may be damaged), then run `mdl init`")
+
+
 def current_revision(engine: Engine) -> str | None:
     from alembic.runtime.migration import MigrationContext
 
-    with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+    try:
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    except DatabaseError as exc:
+        raise _unreadable(engine, exc) from None
+
+
+def is_blank(engine: Engine) -> bool:
+    """No tables at all: a 0-byte file, or one left by an `mdl init` that failed before its schema."""
+    try:
+        return not inspect(engine).get_table_names()
+    except DatabaseError as exc:
+        raise _unreadable(engine, exc) from None
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
@@ -82,7 +100,10 @@ def check_schema(engine: Engine, home: Path) -> None:
     if current == head:
         return
     if current is None:
-        raise NotInitialised(f"no mdl registry at {home}", hint=f"run `mdl init --home {home}`")
+        if not is_blank(engine):
+            raise RegistryError(f"{engine.url.database} holds tables but no mdl schema",
+                                hint="move it aside, then run `mdl init`")
+        raise NotInitialised(f"no mdl registry at {home} (its registry.db is empty)", hint=f"run `mdl init --home {home}`")
     from alembic.script import ScriptDirectory
 
     known = {rev.revision for rev in ScriptDirectory.from_config(_alembic_config(engine)).walk_revisions()}

@@ -7,6 +7,7 @@ constraint is retried, as MLflow's SQLAlchemy store does. Readers take no lock (
 from __future__ import annotations
 
 import re
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -145,7 +146,7 @@ class Registry:
         home = Path(home).expanduser()
         if home.exists() and not home.is_dir():
             raise RegistryError(f"--home {home} exists and is not a folder")
-        if (home / DB_NAME).exists():
+        if (home / DB_NAME).exists() and not db.is_blank(cls(home).engine):
             reg = cls.open(home)  # refuses an old schema instead of upgrading behind the user's back
             return reg, False
         home.mkdir(parents=True, exist_ok=True)
@@ -160,7 +161,7 @@ class Registry:
         if not (home / DB_NAME).is_file():
             raise NotInitialised(f"no mdl registry at {home}", hint=f"run `mdl init --home {home}`")
         reg = cls(home)
-        db.check_schema(reg.engine, reg.home)
+        db.check_schema(reg.engine, reg.home)  # a blank or unreadable file says what to do
         return reg
 
     @classmethod
@@ -196,6 +197,15 @@ class Registry:
         finally:
             self._lock.release()
 
+    def check_writable(self) -> None:
+        """Fail at the start of a long job, not after its first epoch, when nothing can be written here."""
+        try:
+            with tempfile.NamedTemporaryFile(dir=self.home, prefix=".mdl-write-check-"):
+                pass
+        except OSError as exc:
+            raise RegistryError(f"registry home {self.home} is not writable ({exc.strerror})",
+                                hint="fix its permissions or pick another --home") from None
+
     def session(self):
         return db.managed_session(self._sessions)
 
@@ -213,6 +223,8 @@ class Registry:
                     with self.session() as s:
                         result, relpath, data, artifact = build(s)
                         s.flush()  # version conflicts surface here, before any file is written
+                        if self.artifacts.abspath(relpath).exists():  # no row has this path (unique): an orphan
+                            self.artifacts.quarantine(relpath)
                         artifact.sha256, artifact.size = self.artifacts.write(relpath, data)
                         placed = relpath
                         s.flush()
@@ -418,5 +430,6 @@ class Registry:
             "ok": sum(c["status"] == "ok" for c in checked),
             "problems": [c for c in checked if c["status"] != "ok"],
             "unrecorded_files": orphans,
+            "quarantined_files": self.artifacts.quarantined(),
             "stale_temp_files": [p.name for p in self.artifacts.stale_temp_files()],
         }

@@ -124,3 +124,31 @@ def test_traceback_only_with_debug(mdl, home):
     res = mdl("show", "x", home=home, env={"MDL_DEBUG": "1"})
     assert res.code == 1 and "Traceback" in res.stderr
     json.dumps(res.stderr)  # stays text
+
+
+def test_blank_or_garbage_registry_db_is_not_a_dead_end(mdl, home):
+    """A 0-byte registry.db (a failed first `mdl init`) is initialised by `mdl init`; garbage is named in one
+    line with what to do, never as raw SQLAlchemy text."""
+    home.mkdir(parents=True)
+    (home / "registry.db").write_bytes(b"")
+    listed = mdl("list", home=home)
+    assert listed.code == 1 and "run `mdl init" in listed.stderr
+    assert mdl("init", "--json", home=home).code == 0
+    assert mdl("list", "--json", home=home).code == 0
+    (home / "registry.db").write_bytes(b"this is not a database" * 100)
+    for args in (["init"], ["list"]):
+        res = mdl(*args, home=home)
+        lines = res.stderr.strip().splitlines()
+        assert res.code == 1 and len(lines) == 1 and "not a readable SQLite database" in lines[0], res.stderr
+        assert "move it aside" in lines[0] and "sqlalchemy" not in lines[0].lower()
+
+
+def test_piped_tables_are_not_cut_to_80_columns(populated, tmp_path):
+    """`mdl list | grep NAME` must find a long name: piped output gets a width that fits the table."""
+    from conftest import run_mdl
+
+    reg = Registry.open(populated)
+    register_tiny(reg, "a-rather-long-domain-name-for-pipes", seed=3)
+    res = run_mdl("list", home=populated, env={"COLUMNS": ""})
+    assert res.code == 0
+    assert any("a-rather-long-domain-name-for-pipes" in line for line in res.stdout.splitlines())

@@ -29,7 +29,9 @@ def test_builtin_names_and_flags():
     assert names[0] == "source" and len(names) >= 7
     assert {n for n in names if not get_spec(n).flip} == {"digits", "glyphs", "signs", "housenums"}
     prefixes = [get_spec(n).prefix for n in names]
-    assert sorted(prefixes) == list(range(1, len(names) + 1))
+    assert sorted(prefixes) == list(range(101, len(names) + 101))
+    from mdl_core.scoring import decathlon_facts  # never a decathlon prefix (1-10): ids cannot pass for official ones
+    assert not set(prefixes) & {d["prefix"] for d in decathlon_facts()["domains"].values()}
     with pytest.raises(DataError, match="unknown builtin domain 'nope'"):
         open_source("builtin:nope")
 

@@ -209,3 +209,28 @@ def test_normalisation_uses_train_stats_or_given(tmp_path):
     assert given.mean == (0.5, 0.5, 0.5) and given.summary()["mean_std_source"] == "given"
     with pytest.raises(DataError, match="mean_std"):
         open_source(str(tmp_path / "f"), image_size=16, mean_std=((0.5,), (0,)))
+
+
+def test_size_range_names_real_images_not_per_axis_extremes(tmp_path):
+    """40x10 and 15x20 images: per-axis extremes would claim 15x10 and 40x20, sizes no image has."""
+    rng = np.random.default_rng(0)
+    for c, size in (("a", (40, 10)), ("b", (15, 20))):
+        for i in range(4):
+            write_png(tmp_path / "tree" / c / f"{i}.png", rng, size=size)
+    dd = open_source(str(tmp_path / "tree"), image_size=16)
+    assert dd.size_range == {"min": [15, 20], "max": [40, 10]}
+
+
+def test_16_bit_pngs_are_scaled_like_8_bit_ones(tmp_path):
+    """A 16-bit PNG holds the same picture as its 8-bit twin; training must not read it as 8-bit garbage."""
+    from PIL import Image
+
+    from mdl_core.data.transforms import decode_rgb
+
+    rng = np.random.default_rng(0)
+    gray8 = rng.integers(0, 256, size=(12, 10), dtype=np.uint8)
+    Image.fromarray(gray8).save(tmp_path / "a8.png")
+    Image.fromarray(gray8.astype(np.uint16) * 257).save(tmp_path / "a16.png")  # mode I;16
+    a8, _ = decode_rgb(tmp_path / "a8.png")
+    a16, _ = decode_rgb(tmp_path / "a16.png")
+    assert a16.dtype == torch.uint8 and torch.equal(a8, a16)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -150,3 +151,19 @@ def test_unknown_trunk_id_registers_nothing(reg):
         reg.add_domain_version(name="svhn", method="dw", num_classes=2, domain_params=1, accuracy=None,
                                trunk_id=42, classes=["a", "b"], data={}, config={}, tensors=tiny_tensors())
     assert count(reg, DomainVersion) == 0 and reg.artifacts.files() == []
+
+
+def test_orphan_artifact_is_quarantined_not_a_dead_end(home, mdl):
+    """A kill between an artifact's rename and its row's commit leaves a file no row records; the next
+    version that needs its name moves it aside instead of failing (after training) forever."""
+    reg = Registry.init(home)[0]
+    v1 = register_tiny(reg, "svhn")
+    orphan = home / v1.artifact.path.replace("v1.safetensors", "v2.safetensors")
+    shutil.copy(home / v1.artifact.path, orphan)
+    assert reg.verify()["unrecorded_files"] == [orphan.relative_to(home).as_posix()]
+    v2 = register_tiny(reg, "svhn", seed=5)
+    assert v2.version == 2 and reg.load_tensors(v2.artifact)  # the new file, hash-checked
+    report = reg.verify()
+    assert report["unrecorded_files"] == [] and len(report["quarantined_files"]) == 1 and report["ok"] == 3
+    out = mdl("verify", home=home)
+    assert out.code == 0 and "moved aside" in out.stderr

@@ -142,8 +142,11 @@ def test_killed_add_domain_registers_nothing_and_resume_finishes(tmp_path, trees
     (["pretrain", "--data", "{alpha}", "--arch", "vgg", "--epochs", "1"], "vgg"),
     (["predict", "nope", "{image}"], "unknown domain 'nope'"),
     (["predict", "alpha", "/no/such.png"], "not found"),
+    (["predict", "alpha", "zz@/no/such.png"], "image not found: zz@/no/such.png"),
     (["gate-train", "--domain", "nope"], "unknown domain 'nope'"),
     (["show", "nope"], "unknown domain"),
+    (["add-domain", "x", "--data", "{alpha}", "--lr", "nan", "--epochs", "1", "--device", "cpu"], "must be finite"),
+    (["add-domain", "x", "--data", "{alpha}", "--trunk", "resnet26_dw:vX", "--epochs", "1"], "expected ARCH or ARCH:vN"),
 ])
 def test_bad_input_one_line_exit_1_registry_unchanged(chain, trees, args, message):
     image = str(next((trees["alpha"] / "class_00").glob("*.png")))
@@ -155,8 +158,21 @@ def test_bad_input_one_line_exit_1_registry_unchanged(chain, trees, args, messag
     assert tree_digest(chain) == before
 
 
+def test_diverged_training_stops_and_registers_nothing(chain, trees):
+    """A loss that becomes NaN/inf stops the run with one error line (after its progress lines) and
+    registers nothing, instead of a NaN adapter as the current version."""
+    before = tree_digest(chain)
+    res = invoke("add-domain", "x", "--data", str(trees["alpha"]), "--lr", "1e30", "--epochs", "2",
+                 "--batch-size", "16", "--device", "cpu", home=chain)
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert res.code == 1 and len(errors) == 1 and "training diverged" in errors[0] and "Traceback" not in res.stderr
+    assert tree_digest(chain) == before
+
+
 def test_usage_errors_exit_2(chain):
     before = tree_digest(chain)
+    seed = invoke("add-domain", "x", "--data", "y", "--seed", "-1", home=chain)
+    assert seed.code == 2 and "--seed" in seed.stderr
     assert invoke("add-domain", "x", "--data", "y", "--epochs", "0", home=chain).code == 2
     assert invoke("gate-train", "--placement", "sideways", home=chain).code == 2
     assert tree_digest(chain) == before
@@ -179,6 +195,38 @@ def test_decathlon_domain_scored_officially_and_results_file(tmp_path, chain):
     assert test.code == 0, test.stderr
     svhn_test = next(d for d in test.json()["domains"] if d["name"] == "svhn")
     assert svhn_test["accuracy"] is None  # stripped test annotations: predictions only
-    rows = [r for r in json.loads(results.read_text()) if r["image_id"] in {i for i, _ in truth["test"]}]
+    rows = json.loads(results.read_text())  # only the decathlon domain's test images, every one of them
     assert sorted(r["image_id"] for r in rows) == sorted(i for i, _ in truth["test"])
     assert {r["category_id"] for r in rows} <= {80000001, 80000002, 80000003}
+    info = test.json()["results"]
+    assert info["domains"] == ["svhn"] and len(info["missing_challenge_domains"]) == 9
+    assert "svhn" not in info["missing_challenge_domains"]
+
+    # a results folder that does not exist fails before any evaluation; nothing is recorded
+    before = tree_digest(home)
+    bad = invoke("score", "--split", "test", "--results", str(tmp_path / "nope" / "r.json"), "--device", "cpu",
+                 home=home)
+    assert bad.code == 1 and "does not exist" in bad.stderr and tree_digest(home) == before
+    # an unreadable test image: the submission would miss it, so score fails naming its id; nothing recorded
+    first_test = truth["test"][0][0]
+    (root / "data" / "svhn" / "test" / "00000.png").write_bytes(b"not a png")
+    bad = invoke("score", "--split", "test", "--results", str(results), "--device", "cpu", home=home)
+    assert bad.code == 1 and f"ids {first_test}" in bad.stderr and tree_digest(home) == before
+
+
+def test_decathlon_domain_under_another_name(tmp_path, chain):
+    """`add-domain NAME --domain D` reads domain D of a decathlon folder; it is still scored officially."""
+    from _data_helpers import decathlon
+
+    home = tmp_path / "home"
+    subprocess.run(["cp", "-r", str(chain), str(home)], check=True)
+    root = tmp_path / "decathlon"
+    decathlon(root, "gtsrb", prefix=5, n_classes=3, sizes=(20, 6, 5))
+    res = invoke("add-domain", "signs-de", "--data", str(root), "--domain", "gtsrb", "--epochs", "1", *TRAIN,
+                 "--json", home=home)
+    assert res.code == 0, res.stderr
+    val = invoke("score", "--json", "--device", "cpu", home=home).json()
+    row = next(d for d in val["domains"] if d["name"] == "signs-de")
+    assert row["baseline"] == 97.53 and row["score_basis"] == "official baseline"
+    bad = invoke("add-domain", "signs-de", "--data", str(root), "--domain", "nope", "--epochs", "1", *TRAIN, home=home)
+    assert bad.code == 1 and "nope" in bad.stderr

@@ -131,22 +131,24 @@ def open_data(src: str, name: str, *, image_size: int, mean_std=None, on_bad_ima
     from mdl_core.data import open_source
 
     dd = open_source(src, name, image_size=image_size, on_bad_image=on_bad_image, seed=seed, mean_std=mean_std)
-    if dd.skipped:
-        err.print(f"[yellow]skipped {dd.skipped} undecodable image(s)[/] in {src}")
+    for problem in dd.problems:  # what `mdl data inspect` would point out (skipped images among them)
+        err.print(f"[yellow]warning:[/] {src}: {problem}")
     return dd
 
 
 def open_version_data(v: DomainVersionRecord, on_bad_image: str = "skip"):
     """The data a version was trained on, preprocessed with its recorded statistics."""
     d = v.data
-    return open_data(d["source"], v.name, image_size=d["image_size"], mean_std=(tuple(d["mean"]), tuple(d["std"])),
+    return open_data(d["source"], d.get("domain") or v.name, image_size=d["image_size"],
+                     mean_std=(tuple(d["mean"]), tuple(d["std"])),
                      on_bad_image=on_bad_image, seed=d.get("seed", 0))
 
 
 def data_record(dd, src: str, seed: int) -> dict:
     """What the registry keeps about a domain's data (so evaluation and prediction preprocess alike)."""
     return {
-        "source": source_string(src), "fingerprint": dd.fingerprint, "mean": list(dd.mean), "std": list(dd.std),
+        "source": source_string(src), "domain": dd.name, "fingerprint": dd.fingerprint,
+        "mean": list(dd.mean), "std": list(dd.std),
         "image_size": dd.image_size, "crop": dd.crop, "flip": dd.flip, "category_ids": dd.category_ids,
         "sizes": {split: len(ds) for split, ds in dd.splits.items()}, "skipped": dd.skipped, "seed": seed,
     }

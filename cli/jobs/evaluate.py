@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,28 +14,48 @@ from cli.jobs.gates import gated_network
 from registry.store import DomainVersionRecord, Registry
 
 
+def _check_writable(path: Path) -> None:
+    """Fail before hours of evaluation, not after: the results file's folder must exist and take a file."""
+    folder = path.expanduser().resolve().parent
+    if not folder.is_dir():
+        raise ValueError(f"--results {path}: folder {folder} does not exist")
+    if path.is_dir():
+        raise ValueError(f"--results {path} is a folder; give a file name")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".mdl-write-check-"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"--results {path}: cannot write in {folder} ({exc.strerror})") from None
+
+
 def score(reg: Registry, *, split: str = "val", results: Path | None = None, device: str = "auto",
-          workers: int = 0) -> dict[str, Any]:
+          workers: int = 0, on_bad_image: str = "skip") -> dict[str, Any]:
     """Accuracy of every current domain version (with its gate where the gate helped on validation),
-    recorded as evaluations, and the decathlon score of the lot."""
+    recorded as evaluations (only once everything succeeded), and the decathlon score of the lot.
+
+    ``results``: the challenge's submission file: every test image of every decathlon-layout domain (and
+    nothing else); a domain whose images could not all be read fails it, naming the missing ids."""
     from mdl_core.data import make_loader
-    from mdl_core.scoring import score_domains
+    from mdl_core.scoring import decathlon_facts, score_domains
     from mdl_core.training import DeviceSetup, predict_logits
 
     if split not in ("val", "test"):
         raise ValueError(f"unknown --split {split!r}: choose val or test")
+    if results is not None:
+        results = Path(results)
+        _check_writable(results)
     versions = reg.current_versions()
     if not versions:
         raise ValueError(f"no domains registered in {reg.home} (next: `mdl pretrain --data SRC`)")
     dev = DeviceSetup.resolve(device)
     loader = NetworkLoader(reg)
-    rows, accuracies, submission = [], {}, []
+    rows, accuracies, submission, evaluations, in_submission, official_names = [], {}, [], [], [], {}
     for v in versions:
         if not v.data.get("source"):  # an imported trunk's own classifier: its data never came through mdl
             rows.append({"name": v.name, "version": v.version, "method": v.method, "accuracy": None, "gate": None,
                          "num_samples": 0, "note": "no data recorded (the imported trunk's own classifier)"})
             continue
-        dd = open_version_data(v)
+        dd = open_version_data(v, on_bad_image=on_bad_image)
         if split not in dd.splits or len(dd.splits[split]) == 0:
             rows.append({"name": v.name, "version": v.version, "method": v.method, "accuracy": None, "gate": None,
                          "num_samples": 0, "note": f"its data has no {split} split"})
@@ -51,26 +73,46 @@ def score(reg: Registry, *, split: str = "val", results: Path | None = None, dev
         acc = 100.0 * (predictions[labelled] == labels[labelled]).float().mean().item() if n else math.nan
         if n:
             accuracies[v.name] = acc
-            reg.add_evaluation(domain_version_id=v.id, split=split, accuracy=acc, num_samples=n,
-                               gate_id=gate.id if use_gate else None)
-        if results is not None:
+            evaluations.append(dict(domain_version_id=v.id, split=split, accuracy=acc, num_samples=n,
+                                    gate_id=gate.id if use_gate else None))
+        if dd.kind == "decathlon":
+            official_names[v.name] = dd.name
+        if results is not None and dd.kind == "decathlon":  # the challenge takes its own domains' images only
+            missing = dd.skipped_ids.get(split, [])
+            if missing:
+                shown = ", ".join(map(str, missing[:5])) + (" ..." if len(missing) > 5 else "")
+                raise ValueError(f"{v.name}: {len(missing)} {split} image(s) could not be read (ids {shown}); "
+                                 "a submission must cover every image: fix or restore them")
             submission += _results_entries(v, dd, split, predictions)
+            in_submission.append(v.name)
         rows.append({"name": v.name, "version": v.version, "method": v.method, "accuracy": acc if n else None,
                      "gate": (f"{gate.placement} (v{gate.version})" if use_gate else
                               "not used: no gain on val" if gate is not None else None),
                      "num_samples": n})
     references = {v.name: v.reference_accuracy for v in versions if v.reference_accuracy is not None}
-    total, scored = score_domains(accuracies, references)
+    total, scored = score_domains(accuracies, references, official_names)
     by_name = {d.name: d for d in scored}
     for row in rows:
         d = by_name.get(row["name"])
         row["score"] = d.score if d else None
         row["baseline"] = d.baseline if d else None
         row["score_basis"] = d.reason if d else row.pop("note", "no labels in this split")
+    report = {"split": split, "total": total, "domains": rows}
     if results is not None:
-        Path(results).write_text(json.dumps(submission))
-        info(f"Wrote {len(submission)} predictions to {results}")
-    return {"split": split, "total": total, "domains": rows}
+        challenge = list(decathlon_facts()["domains"])
+        official = [official_names[n] for n in in_submission]
+        report["results"] = {"file": str(results), "predictions": len(submission), "domains": in_submission,
+                             "missing_challenge_domains": [d for d in challenge if d not in official]}
+        tmp = results.with_name(f".{results.name}.tmp")
+        tmp.write_text(json.dumps(submission))
+        os.replace(tmp, results)
+        info(f"Wrote {len(submission)} predictions for {len(in_submission)} decathlon domain(s) to {results}")
+        if report["results"]["missing_challenge_domains"]:
+            info(f"[yellow]note:[/] the challenge expects all 10 domains; missing: "
+                 f"{', '.join(report['results']['missing_challenge_domains'])}")
+    for e in evaluations:  # only now: a failed score leaves the registry as it was
+        reg.add_evaluation(**e)
+    return report
 
 
 def _results_entries(v: DomainVersionRecord, dd, split: str, predictions) -> list[dict[str, int]]:
@@ -91,6 +133,10 @@ def predict(reg: Registry, default_domain: str, images: list[str], *, top_k: int
     from mdl_core.training import DeviceSetup
 
     pairs = [(img.split("@", 1) if "@" in img and not Path(img).exists() else (default_domain, img)) for img in images]
+    known = {v.name for v in reg.current_versions()}
+    for img, (name, path) in zip(images, pairs):  # name@path with neither part real: say both
+        if "@" in img and name not in known and not Path(path).is_file():
+            raise FileNotFoundError(f"image not found: {img} (nor is {name!r} a registered domain for DOMAIN@IMAGE)")
     names = list(dict.fromkeys(name for name, _ in pairs))
     versions = {name: reg.domain_version(name) for name in names}
     trunks = {v.trunk.id for v in versions.values()}

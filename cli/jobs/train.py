@@ -79,6 +79,7 @@ def pretrain(reg: Registry, src: str, *, name: str | None, arch: str, width: flo
     from mdl_core import create_network
 
     name = check_name(name or default_name(src))
+    reg.check_writable()
     method = source_method(arch, width)
     dd = open_data(src, name, image_size=image_size, on_bad_image=opts.on_bad_image, seed=opts.seed)
     torch.manual_seed(opts.seed)
@@ -123,21 +124,23 @@ def pretrain(reg: Registry, src: str, *, name: str | None, arch: str, width: flo
 
 
 def add_domain(reg: Registry, name: str, src: str, *, method: str, trunk: str | None,
-               opts: TrainOptions) -> DomainVersionRecord:
-    """Train `name`'s own tensors against the frozen trunk and register them as a new version."""
+               opts: TrainOptions, source_domain: str | None = None) -> DomainVersionRecord:
+    """Train `name`'s own tensors against the frozen trunk and register them as a new version.
+    `source_domain`: which domain of `src` to read (a decathlon folder holds ten; default: `name`)."""
     from mdl_core.recipes import default_weight_decay
 
     check_name(name)
+    reg.check_writable()
     trunk_rec = pick_trunk(reg, method, trunk)
     # a pretrained trunk's weights expect its own normalisation; a trunk pretrained here, the data's
-    dd = open_data(src, name, image_size=trunk_rec.config["image_size"], on_bad_image=opts.on_bad_image,
+    dd = open_data(src, source_domain or name, image_size=trunk_rec.config["image_size"], on_bad_image=opts.on_bad_image,
                    seed=opts.seed, mean_std=trunk_mean_std(trunk_rec))
     import torch
 
     torch.manual_seed(opts.seed)  # the new head's initialisation
     net = NetworkLoader(reg).network(trunk_rec, method)
     net.add_domain(name, dd.num_classes)
-    wd = opts.weight_decay if opts.weight_decay is not None else default_weight_decay(name, len(dd.splits["train"]))
+    wd = opts.weight_decay if opts.weight_decay is not None else default_weight_decay(dd.name, len(dd.splits["train"]))
     recipe = _recipe(opts, wd)
     record = data_record(dd, src, opts.seed)
     key = {"job": "add-domain", "name": name, "method": method, "trunk": trunk_rec.id, "data": record["fingerprint"],

@@ -56,9 +56,8 @@ def build_domain(*, name: str, source: str, kind: str, classes: list[str], categ
     total = sum(len(v) for v in items.values())
     lazy = total * 3 * image_size * image_size > max_memory_bytes()
     split_images, split_labels, image_ids, file_names, records = {}, {}, {}, {}, []
-    skipped, bad_examples, gray, alpha = 0, [], 0, 0
-    wmin = hmin = 10**9
-    wmax = hmax = 0
+    skipped, bad_examples, gray, alpha, skipped_ids = 0, [], 0, 0, {}
+    smallest, largest = (10**18, 0, 0), (-1, 0, 0)  # (area, w, h) of real images, not per-axis extremes
     workers = max(1, min(4, os.cpu_count() or 1))
     pool = ThreadPoolExecutor(max_workers=workers) if not lazy else None
     try:
@@ -77,10 +76,11 @@ def build_domain(*, name: str, source: str, kind: str, classes: list[str], categ
                             raise DataError(err, hint="use --on-bad-image skip to leave such images out")
                         skipped += 1
                         bad_examples.append(err)
+                        skipped_ids.setdefault(split, []).append(iid)
                         continue
                     gray += ch in (1, 2)
                     alpha += ch in (2, 4)
-                    wmin, hmin, wmax, hmax = min(wmin, w), min(hmin, h), max(wmax, w), max(hmax, h)
+                    smallest, largest = min(smallest, (w * h, w, h)), max(largest, (w * h, w, h))
                     imgs.append(img)
                     kept.append((path, label, iid, fname))
                     records.append((split, fname, label, w, h))
@@ -117,12 +117,12 @@ def build_domain(*, name: str, source: str, kind: str, classes: list[str], categ
         s: SplitDataset(split_images[s], split_labels[s], crop=crop, mean=mean, std=std, flip=flip, train=(s == "train"))
         for s in items
     }
-    size_range = {} if lazy else {"min": [wmin, hmin], "max": [wmax, hmax]}
+    size_range = {} if lazy else {"min": list(smallest[1:]), "max": list(largest[1:])}
     return DomainData(
         name=name, source=source, kind=kind, classes=classes, category_ids=category_ids, splits=splits,
         image_ids=image_ids, mean=mean, std=std, flip=flip, image_size=image_size, crop=crop,
         fingerprint=fingerprint(records), problems=problems, skipped=skipped, size_range=size_range,
-        mean_std_source=ms_source, file_names=file_names,
+        mean_std_source=ms_source, file_names=file_names, skipped_ids=skipped_ids,
     )
 
 

@@ -90,9 +90,10 @@ class DomainData:
     fingerprint: str
     problems: list[str] = field(default_factory=list)
     skipped: int = 0
-    size_range: dict[str, list[int]] = field(default_factory=dict)  # {"min": [w,h], "max": [w,h]}
+    size_range: dict[str, list[int]] = field(default_factory=dict)  # {"min": [w,h], "max": [w,h]}: smallest/largest image by area
     mean_std_source: str = "computed"  # "computed" from the training split, or "given"
     file_names: dict[str, list[str]] = field(default_factory=dict)  # per split, where known
+    skipped_ids: dict[str, list[int]] = field(default_factory=dict)  # per split: ids of unreadable images left out
 
     @property
     def num_classes(self) -> int:

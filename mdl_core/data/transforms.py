@@ -45,6 +45,10 @@ def decode_rgb(path: str | Path) -> tuple[torch.Tensor, int]:
         img, channels = _decode_with_pillow(path, exc)
     if img.ndim != 3 or img.shape[0] != 3 or img.shape[1] < 1 or img.shape[2] < 1:
         raise DataError(f"cannot decode image {path}: unexpected shape {tuple(img.shape)}")
+    if img.dtype == torch.uint16:  # 16-bit PNGs: scale to 8 bits (65535 -> 255), as prediction's decoder does
+        img = (img.to(torch.int32) // 257).to(torch.uint8)
+    elif img.dtype != torch.uint8:
+        raise DataError(f"cannot decode image {path}: unsupported pixel type {img.dtype}")
     return img, channels
 
 

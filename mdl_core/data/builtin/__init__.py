@@ -21,6 +21,7 @@ import numpy as np
 from mdl_core.data.errors import DataError
 
 CACHE_VERSION = "v4"  # bump whenever a generator changes its output
+BUILTIN_PREFIX_BASE = 100  # above the decathlon's prefixes 1-10
 
 
 @dataclass(frozen=True)
@@ -32,8 +33,9 @@ class BuiltinSpec:
 
     @property
     def prefix(self) -> int:
-        """Decathlon-style category-id prefix: position in alphabetical order, 1-based (like the official one)."""
-        return sorted(registry()).index(self.name) + 1
+        """Decathlon-style id prefix (ids are prefix * 10^7 + n): 101, 102, ... in alphabetical order. The
+        official domains own 1-10, so a bundled domain's ids can never pass for a decathlon domain's."""
+        return BUILTIN_PREFIX_BASE + sorted(registry()).index(self.name) + 1
 
 
 def _specs() -> dict[str, BuiltinSpec]:
@@ -146,7 +148,7 @@ def load_builtin(name: str, seed: int = 0, *, scale: float | None = None, log: C
         raise DataError(f"builtin cache {npy} does not match its index; delete it to regenerate")
     return {"images": images, "labels": np.asarray(meta["labels"], np.int64),
             "split": np.asarray(meta["split"], np.int8), "classes": meta["classes"], "flip": meta["flip"],
-            "prefix": meta["prefix"], "sha256": meta["sha256"], "generated_s": generated_s, "seed": seed,
+            "prefix": spec.prefix, "sha256": meta["sha256"], "generated_s": generated_s, "seed": seed,
             "scale": scale, "npy": str(npy)}
 
 
