@@ -13,7 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import os  # noqa: E402
 
-from mdl_core.data.builtin import list_builtin, load_builtin  # noqa: E402
+from mdl.core.data.builtin import list_builtin, load_builtin  # noqa: E402
 
 
 def main():

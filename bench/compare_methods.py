@@ -3,7 +3,7 @@
 Two trunk modes (`--trunk`):
 
   lite0 (default)  the ImageNet EfficientNet-Lite0 trunk (`timm/tf_efficientnet_lite0`), imported once
-                   offline with `cli.jobs.trunks.import_trunk` (no pretraining here); methods dw,
+                   offline with `mdl.cli.jobs.trunks.import_trunk` (no pretraining here); methods dw,
                    dw-sharing, bn, classifier-only, finetune (the residual adapters need dense kxk convs,
                    which Lite0 lacks); 4 targets at builtin scale 0.25, 72 px (crop 64), 3 epochs, lr 0.01;
                    one side cell (dw at lr 0.1, digits, seed 0) to show the lr choice; `late` gates, 1 epoch.
@@ -18,14 +18,14 @@ Two trunk modes (`--trunk`):
     MDL_CACHE=/tmp/benchcache OMP_NUM_THREADS=1 PYTHONPATH=. python bench/compare_methods.py --trunk resnet26 --threads 1
 
 It drives the real workflows, not a re-implementation: one base registry home per trunk holds the trunk
-(imported, or pretrained with `cli.jobs.train.pretrain`); every (trunk, method, seed) then gets its own
-copy of that home, and `cli.jobs.train.add_domain` trains and registers each target domain in it (so the
+(imported, or pretrained with `mdl.cli.jobs.train.pretrain`); every (trunk, method, seed) then gets its own
+copy of that home, and `mdl.cli.jobs.train.add_domain` trains and registers each target domain in it (so the
 `dw` home of a seed holds exactly that seed's `dw` adapters plus the trunk's own source domain, which is
-what the soft-sharing gates of `cli.jobs.gates.train_gate` mix). Accuracies are read back from the
+what the soft-sharing gates of `mdl.cli.jobs.gates.train_gate` mix). Accuracies are read back from the
 registry: validation (used only to pick the best epoch) from `DomainVersionRecord.accuracy`, the table's
 test accuracy from `config["test_accuracy"]`, training speed from `config["train_images_per_s"]`;
 gated test accuracy is measured on the registered gate (`gated_network`). Decathlon score:
-`mdl_core.scoring.domain_score` with, for each domain, the seed-mean test accuracy of `finetune` on the
+`mdl.core.scoring.domain_score` with, for each domain, the seed-mean test accuracy of `finetune` on the
 mode's first trunk as the reference (the role of the official baseline constants), so `finetune`
 itself scores ~250 per domain.
 
@@ -183,14 +183,14 @@ class Runner:
         write_json(self.raw_path, self.raw)
 
     def opts(self, epochs: int, seed: int, batch_size: int | None = None, lr: float | None = None):
-        from cli.jobs.train import TrainOptions
+        from mdl.cli.jobs.train import TrainOptions
 
         return TrainOptions(epochs=epochs, lr=lr or self.a.lr, batch_size=batch_size or self.a.batch_size, device="cpu",
                             workers=0, seed=seed)
 
     def base_home(self, arch: str) -> Path:
         """The trunk's registry home: imported (lite0) or pretrained once (seed 0), then reused."""
-        from registry.store import Registry
+        from mdl.registry.store import Registry
 
         home = self.work / f"base-{arch.replace('/', '_')}"
         reg, _ = Registry.init(home)
@@ -202,7 +202,7 @@ class Runner:
                     reg, _ = Registry.init(home)
                 t0 = time.perf_counter()
                 if self.mode["pretrained_here"]:
-                    from cli.jobs.train import pretrain
+                    from mdl.cli.jobs.train import pretrain
 
                     trunk, src = pretrain(reg, builtin(SOURCE, self.a.source_scale), name=SOURCE, arch=arch,
                                           width=self.a.width, image_size=self.a.image_size,
@@ -213,7 +213,7 @@ class Runner:
                         "best_epoch": src.config["best_epoch"], "train_images_per_s": trunk.config["train_images_per_s"],
                         "wall_s": round(time.perf_counter() - t0, 1)}
                 else:
-                    from cli.jobs.trunks import import_trunk
+                    from mdl.cli.jobs.trunks import import_trunk
 
                     trunk, src = import_trunk(reg, arch=arch, image_size=self.a.image_size)
                     self.raw["pretrain"][arch] = {
@@ -238,8 +238,8 @@ class Runner:
         return home
 
     def _train(self, home: Path, label: str, arch: str, method: str, domain: str, seed: int, lr: float) -> dict:
-        from cli.jobs.train import add_domain
-        from registry.store import Registry
+        from mdl.cli.jobs.train import add_domain
+        from mdl.registry.store import Registry
 
         reg = Registry.open(home)
         try:
@@ -281,11 +281,11 @@ class Runner:
               f"val {c['val_accuracy']:.2f} ({c['wall_s']:.0f}s)", file=sys.stderr, flush=True)
 
     def gate(self, placement: str, domain: str, seed: int) -> None:
-        from cli.jobs.common import open_version_data
-        from cli.jobs.gates import GateOptions, gated_network, train_gate
-        from mdl_core.data import make_loader
-        from mdl_core.training import DeviceSetup, accuracy
-        from registry.store import Registry
+        from mdl.cli.jobs.common import open_version_data
+        from mdl.cli.jobs.gates import GateOptions, gated_network, train_gate
+        from mdl.core.data import make_loader
+        from mdl.core.training import DeviceSetup, accuracy
+        from mdl.registry.store import Registry
 
         key = f"{placement}|{domain}|{seed}"
         if key in self.raw["gates"]:
@@ -351,7 +351,7 @@ class Runner:
 # --------------------------------------------------------------------------------------------- report
 def trunk_param_count(arch: str, width: float) -> int:
     """The trunk's learnable parameters without its classifier (= a classifier-only network's shared part)."""
-    from mdl_core import create_network
+    from mdl.core import create_network
 
     return create_network(arch, method="classifier-only", domains={}, width=width).parameter_counts()["shared"]
 
@@ -359,7 +359,7 @@ def trunk_param_count(arch: str, width: float) -> int:
 def param_totals(methods, width: float, classes: dict[str, int]) -> dict[str, dict]:
     """Parameters to serve all targets: the trunk without its classifier (which also serves the trunk's
     source) plus every target's own parameters (heads included), per method; computed from the networks."""
-    from mdl_core import create_network
+    from mdl.core import create_network
 
     out, trunks = {}, {}
     for label, arch, method in methods:
@@ -373,7 +373,7 @@ def param_totals(methods, width: float, classes: dict[str, int]) -> dict[str, di
 
 
 def summarize(raw: dict, domains: list[str]) -> dict:
-    from mdl_core.scoring import domain_score
+    from mdl.core.scoring import domain_score
 
     mode = MODES[raw["settings"].get("trunk_mode", "resnet26")]
     methods = mode["methods"]
@@ -477,8 +477,8 @@ def _k(n: float) -> str:
 
 
 def markdown(raw: dict, summ: dict) -> str:
-    from mdl_core.data.transforms import default_crop
-    from mdl_core.recipes import Recipe
+    from mdl.core.data.transforms import default_crop
+    from mdl.core.recipes import Recipe
 
     cfg, domains = raw["settings"], summ["domains"]
     lite0 = cfg.get("trunk_mode") == "lite0"
@@ -639,7 +639,7 @@ def report(raw: dict, domains: list[str], out: Path, stem: str) -> None:
 
 def main(argv=None):
     a = parse_args(argv)
-    from mdl_core.data import list_builtin
+    from mdl.core.data import list_builtin
 
     stem = MODES[a.trunk]["stem"]
     domains = a.domains or [d for d in list_builtin() if d != SOURCE]

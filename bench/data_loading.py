@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mdl_core.data import make_loader, open_source  # noqa: E402
+from mdl.core.data import make_loader, open_source  # noqa: E402
 
 
 def loader_rate(dd, batch, workers, min_images=8000):

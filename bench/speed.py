@@ -97,7 +97,7 @@ def train_setup(width: float, px: int, batch: int, method: str, layout: str, dev
     import torch
     import torch.nn.functional as F
 
-    from mdl_core import create_network
+    from mdl.core import create_network
 
     torch.manual_seed(0)
     d = "signs"
@@ -126,7 +126,7 @@ def infer_setup(width: float, px: int, per_domain: int, layout: str, device: str
     """The multi-domain network, 7 separate single-domain networks with the same tensors, a mixed batch."""
     import torch
 
-    from mdl_core import create_network
+    from mdl.core import create_network
 
     torch.manual_seed(0)
     names = list(DOMAINS)
@@ -237,7 +237,7 @@ def train_flops(width: float, px: int, batch: int, method: str) -> float:
     import torch
     from torch import nn
 
-    from mdl_core import create_network
+    from mdl.core import create_network
 
     net = create_network("resnet26_dw", method=method, domains={"d": 10}, width=width)
     net.train_domain("d")

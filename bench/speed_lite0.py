@@ -5,7 +5,7 @@
 
 Network: `create_network("timm/tf_efficientnet_lite0", method, domains)` with random initialisation (speed
 does not depend on the weights), CPU, torch's default thread count (recorded), channels_last model and
-inputs exactly as `mdl_core.training.DeviceSetup("cpu")` prepares them for training and evaluation.
+inputs exactly as `mdl.core.training.DeviceSetup("cpu")` prepares them for training and evaluation.
 
 Training (what `mdl add-domain` runs per step: forward, cross-entropy, backward, SGD momentum + weight
 decay step), one new domain on the frozen trunk, batch 32 at 64 px:
@@ -74,8 +74,8 @@ def bench_train(a) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from mdl_core import create_network
-    from mdl_core.training import DeviceSetup
+    from mdl.core import create_network
+    from mdl.core.training import DeviceSetup
 
     dev = DeviceSetup.resolve("cpu")
     d, k = "gtsrb", DOMAINS["gtsrb"]
@@ -112,8 +112,8 @@ def bench_infer(a, per_domain: int) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from mdl_core import create_network
-    from mdl_core.training import DeviceSetup
+    from mdl.core import create_network
+    from mdl.core.training import DeviceSetup
 
     dev = DeviceSetup.resolve("cpu")
     torch.manual_seed(0)

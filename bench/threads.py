@@ -28,14 +28,14 @@ from bench._common import RESULTS, machine, write_json  # noqa: E402
 WORKER = r"""
 import os, sys, time, json
 policy, seconds, size = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
-from mdl_core import threads as policy_mod
+from mdl.core import threads as policy_mod
 if policy == "passive":
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 elif policy != "old":  # mdl's policy, as every compute command applies it
-    from cli.threads import apply
+    from mdl.cli.threads import apply
     apply(int(policy) if policy.isdigit() else None)
 import torch, torch.nn.functional as F
-from mdl_core import create_network
+from mdl.core import create_network
 torch.manual_seed(0)
 net = create_network("timm/tf_efficientnet_lite0", "dw", {"d": 10}).to(memory_format=torch.channels_last)
 params = net.train_domain("d")
@@ -43,7 +43,7 @@ opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
 x = torch.randn(32, 3, size, size).contiguous(memory_format=torch.channels_last)
 y = torch.randint(0, 10, (32,))
 def step():
-    policy_mod.rebalance()  # as mdl_core.training.fit does every step
+    policy_mod.rebalance()  # as mdl.core.training.fit does every step
     opt.zero_grad(set_to_none=True)
     F.cross_entropy(net(x, "d"), y).backward()
     opt.step()
@@ -66,7 +66,7 @@ def jobs(policy: str, copies: int, seconds: float, size: int) -> list[dict]:
     return [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
 
 
-CONFIGS = [  # (label, policy, copies): "old" = torch's defaults, "mdl" = cli.threads.apply(None) (fair share),
+CONFIGS = [  # (label, policy, copies): "old" = torch's defaults, "mdl" = mdl.cli.threads.apply(None) (fair share),
     # "1" = --threads 1, "passive" = torch's defaults with OMP_WAIT_POLICY=PASSIVE (an alternative, rejected)
     ("solo, old default", "old", 1),
     ("solo, mdl default", "mdl", 1),

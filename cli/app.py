@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from cli import data_cmd, db_cmd, registry_cmds, trunk_cmd, workflow_cmds
-from cli._output import fail
+from mdl.cli import data_cmd, db_cmd, registry_cmds, trunk_cmd, workflow_cmds
+from mdl.cli._output import fail
 
 app = typer.Typer(
     name="mdl",

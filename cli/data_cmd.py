@@ -9,9 +9,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli._output import Json, emit_json, info, out
-from cli.threads import Threads
-from cli.threads import apply as apply_threads
+from mdl.cli._output import Json, emit_json, info, out
+from mdl.cli.threads import Threads
+from mdl.cli.threads import apply as apply_threads
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -33,7 +33,7 @@ def inspect(src: Src, domain: Domain = None, image_size: ImageSize = 72, on_bad_
             threads: Threads = None, json: Json = False) -> None:
     """Show what the tool reads from SRC: classes, split sizes, image sizes, mean/std, problems."""
     apply_threads(threads)
-    from mdl_core.data import open_source
+    from mdl.core.data import open_source
 
     dd = open_source(src, domain, image_size=image_size, on_bad_image=on_bad_image.value, seed=seed, log=info)
     s = dd.summary()
@@ -71,7 +71,7 @@ def inspect(src: Src, domain: Domain = None, image_size: ImageSize = 72, on_bad_
 @app.command("builtins")
 def builtins(json: Json = False) -> None:
     """List the bundled domains (generated on first use, cached under $MDL_CACHE)."""
-    from mdl_core.data.builtin import cache_dir, registry
+    from mdl.core.data.builtin import cache_dir, registry
 
     rows = [{"name": s.name, "flip": s.flip, "prefix": s.prefix, "about": s.about, "src": f"builtin:{s.name}"}
             for s in registry().values()]
@@ -92,7 +92,7 @@ def export_builtin(name: Annotated[str, typer.Argument(help="Builtin domain name
                    out_dir: Annotated[Path, typer.Option("--out", help="Folder to write the decathlon layout into.")],
                    json: Json = False) -> None:
     """Write a builtin domain in the Visual Decathlon layout (annotations/NAME_{train,val,test}.json + PNGs)."""
-    from mdl_core.data.builtin import export_builtin as export
+    from mdl.core.data.builtin import export_builtin as export
 
     if name.startswith("builtin:"):
         name = name[len("builtin:"):]

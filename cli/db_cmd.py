@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import typer
 
-from cli._output import Home, Json, emit_json, info
+from mdl.cli._output import Home, Json, emit_json, info
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -11,8 +11,8 @@ app = typer.Typer(no_args_is_help=True)
 @app.command()
 def upgrade(home: Home = None, as_json: Json = False) -> None:
     """Migrate the registry database to this mdl's schema."""
-    from cli.registry_cmds import resolve_home
-    from registry.store import Registry
+    from mdl.cli.registry_cmds import resolve_home
+    from mdl.registry.store import Registry
 
     before, after = Registry.upgrade(resolve_home(home))
     if as_json:
@@ -24,10 +24,10 @@ def upgrade(home: Home = None, as_json: Json = False) -> None:
 @app.command()
 def current(home: Home = None, as_json: Json = False) -> None:
     """Show the registry's schema revision and this mdl's head revision."""
-    from cli.registry_cmds import resolve_home
-    from registry import db
-    from registry.store import DB_NAME, Registry
-    from registry.errors import NotInitialised
+    from mdl.cli.registry_cmds import resolve_home
+    from mdl.registry import db
+    from mdl.registry.store import DB_NAME, Registry
+    from mdl.registry.errors import NotInitialised
 
     path = resolve_home(home)
     if not (path / DB_NAME).is_file():

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from cli._output import DEFAULT_HOME, Home, Json, emit_json, info, out
+from mdl.cli._output import DEFAULT_HOME, Home, Json, emit_json, info, out
 
 
 def resolve_home(home: Path | None) -> Path:
@@ -15,7 +15,7 @@ def resolve_home(home: Path | None) -> Path:
 
 
 def open_registry(home: Path | None):
-    from registry.store import Registry
+    from mdl.registry.store import Registry
 
     return Registry.open(resolve_home(home))
 
@@ -61,7 +61,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def init(home: Home = None, as_json: Json = False) -> None:
         """Create the registry (database schema via migrations, artifact store)."""
-        from registry.store import Registry
+        from mdl.registry.store import Registry
 
         reg, created = Registry.init(resolve_home(home))
         result = {"home": str(reg.home), "created": created, "schema": reg.schema_revision()}
@@ -79,7 +79,7 @@ def register(app: typer.Typer) -> None:
         if all_:
             from sqlalchemy import select
 
-            from registry.models import Domain
+            from mdl.registry.models import Domain
 
             with reg.session() as s:
                 names = list(s.scalars(select(Domain.name).order_by(Domain.id)))

@@ -1,4 +1,4 @@
-"""`--threads N` / ``$MDL_THREADS`` for every compute command; the policy lives in mdl_core.threads
+"""`--threads N` / ``$MDL_THREADS`` for every compute command; the policy lives in mdl.core.threads
 (a fair share of the cores among the mdl jobs running on the machine, re-counted while training)."""
 from __future__ import annotations
 
@@ -15,6 +15,6 @@ Threads = Annotated[Optional[int], typer.Option(
 
 def apply(threads: int | None = None) -> int:
     """Set the policy before torch starts its thread pool; returns the thread count."""
-    from mdl_core import threads as policy
+    from mdl.core import threads as policy
 
     return policy.start(threads)

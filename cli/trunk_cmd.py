@@ -5,9 +5,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli._output import Home, Json, emit_json, info
-from cli.threads import Threads
-from cli.threads import apply as apply_threads
+from mdl.cli._output import Home, Json, emit_json, info
+from mdl.cli.threads import Threads
+from mdl.cli.threads import apply as apply_threads
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -24,8 +24,8 @@ def import_(
 ) -> None:
     """Register a pretrained trunk version (with its provenance and preprocessing config)."""
     apply_threads(threads)
-    from cli.jobs.trunks import import_trunk
-    from cli.registry_cmds import open_registry, version_row
+    from mdl.cli.jobs.trunks import import_trunk
+    from mdl.cli.registry_cmds import open_registry, version_row
 
     reg = open_registry(home)
     trunk, version = import_trunk(reg, arch=arch, path=weights, from_timm=from_timm, source_name=source_name,

@@ -9,10 +9,10 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from cli._output import CliError, Home, Json, emit_json, info, out
-from cli.threads import Threads
-from cli.threads import apply as apply_threads
-from cli.registry_cmds import open_registry, resolve_home, version_row, versions_table
+from mdl.cli._output import CliError, Home, Json, emit_json, info, out
+from mdl.cli.threads import Threads
+from mdl.cli.threads import apply as apply_threads
+from mdl.cli.registry_cmds import open_registry, resolve_home, version_row, versions_table
 
 
 class Placement(str, Enum):
@@ -56,7 +56,7 @@ def _check_data(src: str) -> None:
 
 
 def _train_options(epochs, lr, batch_size, device, workers, seed, on_bad_image, resume, wd=None):
-    from cli.jobs.train import TrainOptions
+    from mdl.cli.jobs.train import TrainOptions
 
     return TrainOptions(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=wd, device=device.value,
                         workers=workers, seed=seed, on_bad_image=on_bad_image.value, resume=resume)
@@ -78,7 +78,7 @@ def register(app: typer.Typer) -> None:
         """Train the whole network on a source domain; register it as a trunk version and as the first domain."""
         _check_data(data)
         apply_threads(threads)
-        from cli.jobs.train import pretrain as run
+        from mdl.cli.jobs.train import pretrain as run
 
         reg = open_registry(home)
         trunk, version = run(reg, data, name=name, arch=arch, width=width, image_size=image_size,
@@ -105,7 +105,7 @@ def register(app: typer.Typer) -> None:
         """Train and register a new version of domain NAME against the frozen trunk."""
         _check_data(data)
         apply_threads(threads)
-        from cli.jobs.train import add_domain as run
+        from mdl.cli.jobs.train import add_domain as run
 
         reg = open_registry(home)
         version = run(reg, name, data, method=method, trunk=trunk, source_domain=source_domain,
@@ -125,7 +125,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train soft-sharing gates (filters frozen) and register them; report accuracy with and without."""
         apply_threads(threads)
-        from cli.jobs.gates import GateOptions, gate_targets, train_gate
+        from mdl.cli.jobs.gates import GateOptions, gate_targets, train_gate
 
         reg = open_registry(home)
         opts = GateOptions(placement=placement.value, epochs=epochs, lr=lr, batch_size=batch_size,
@@ -155,7 +155,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Per-domain accuracy and the Visual Decathlon total (official constants)."""
         apply_threads(threads)
-        from cli.jobs.evaluate import score as run
+        from mdl.cli.jobs.evaluate import score as run
 
         report = run(open_registry(home), split=split.value, results=results, device=device.value, workers=workers,
                      on_bad_image=on_bad_image.value)
@@ -173,7 +173,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Classify images with registered domains (several domains share one stacked pass)."""
         apply_threads(threads)
-        from cli.jobs.evaluate import predict as run
+        from mdl.cli.jobs.evaluate import predict as run
 
         rows = run(open_registry(home), name, images, top_k=top_k, device=device.value)
         if as_json:
@@ -192,7 +192,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """The whole workflow on the bundled mini-decathlon, sized for a few minutes on 2 CPU cores."""
         apply_threads(threads)
-        from cli.jobs.demo import run
+        from mdl.cli.jobs.demo import run
 
         report = run(resolve_home(home) if home else resolve_home(None) / "demo", device=device.value, workers=workers)
         if as_json:

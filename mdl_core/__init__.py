@@ -1,6 +1,6 @@
-"""mdl_core: the science of mdl (networks, adapter types, gate, data, training, scoring).
+"""mdl.core (the mdl_core/ folder): the science of mdl (networks, adapter types, gate, data, training, scoring).
 
-Network entry points are re-exported lazily so ``import mdl_core`` stays cheap for code that only
+Network entry points are re-exported lazily so ``import mdl.core`` stays cheap for code that only
 needs e.g. the data or scoring submodules.
 """
 from __future__ import annotations
@@ -15,4 +15,4 @@ def __getattr__(name: str):
     if name in _NET_EXPORTS:
         from . import nets
         return getattr(nets, name)
-    raise AttributeError(f"module 'mdl_core' has no attribute {name!r}")
+    raise AttributeError(f"module 'mdl.core' has no attribute {name!r}")

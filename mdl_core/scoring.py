@@ -15,7 +15,7 @@ from importlib import resources
 @cache
 def decathlon_facts() -> dict:
     """The benchmark's official facts (scoring constants, category-id prefixes, data layout)."""
-    return json.loads(resources.files("mdl_core").joinpath("decathlon.json").read_text())
+    return json.loads(resources.files("mdl.core").joinpath("decathlon.json").read_text())
 
 
 def official_baselines() -> dict[str, float]:

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mdl_core import threads
-from mdl_core.recipes import Recipe
+from mdl.core import threads
+from mdl.core.recipes import Recipe
 
 Tensors = dict[str, torch.Tensor]
 

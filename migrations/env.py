@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from registry.models import Base
+from mdl.registry.models import Base
 
 config = context.config
 target_metadata = Base.metadata

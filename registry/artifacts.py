@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
-from registry.errors import IntegrityFailure
+from mdl.registry.errors import IntegrityFailure
 
 if TYPE_CHECKING:  # torch is imported only when tensors are actually (de)serialised
     import torch

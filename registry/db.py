@@ -9,7 +9,7 @@ from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry.errors import NotInitialised, RegistryError, SchemaMismatch
+from mdl.registry.errors import NotInitialised, RegistryError, SchemaMismatch
 
 BUSY_TIMEOUT_S = 30
 
@@ -47,7 +47,7 @@ def managed_session(factory: sessionmaker[Session]) -> Iterator[Session]:
 def _alembic_config(engine: Engine):
     from alembic.config import Config
 
-    import migrations
+    from mdl import migrations
 
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(migrations.__file__).parent))

@@ -19,10 +19,10 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry import db
-from registry.artifacts import ArtifactStore, decode_tensors, encode_tensors
-from registry.errors import NotFound, NotInitialised, RegistryError
-from registry.models import Artifact, Domain, DomainVersion, Evaluation, Gate, Trunk, utcnow
+from mdl.registry import db
+from mdl.registry.artifacts import ArtifactStore, decode_tensors, encode_tensors
+from mdl.registry.errors import NotFound, NotInitialised, RegistryError
+from mdl.registry.models import Artifact, Domain, DomainVersion, Evaluation, Gate, Trunk, utcnow
 
 DB_NAME = "registry.db"
 LOCK_TIMEOUT_S = 120

@@ -23,9 +23,9 @@ class Result:
 
 
 def run_mdl(*args: str, home: Path | None = None, env: dict | None = None, timeout: int = 600) -> Result:
-    """Run `python -m cli ARGS` as a real process (real exit code, separate stdout/stderr)."""
+    """Run `python -m mdl ARGS` as a real process (real exit code, separate stdout/stderr)."""
     full_env = {**os.environ, "MDL_DEBUG": "0", "COLUMNS": "200", **(env or {})}
-    cmd = [sys.executable, "-m", "cli", *args]
+    cmd = [sys.executable, "-m", "mdl", *args]
     if home is not None:
         cmd += ["--home", str(home)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout)
@@ -37,7 +37,7 @@ def invoke(*args: str, home: Path | None = None, env: dict | None = None) -> Res
     import contextlib
     import io
 
-    from cli.app import main
+    from mdl.cli.app import main
 
     argv = ["mdl", *args] + (["--home", str(home)] if home is not None else [])
     stdout, stderr = io.StringIO(), io.StringIO()

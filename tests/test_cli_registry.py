@@ -9,7 +9,7 @@ import sys
 import pytest
 from conftest import register_tiny, tree_digest
 
-from registry.store import Registry
+from mdl.registry.store import Registry
 
 
 @pytest.fixture
@@ -23,11 +23,11 @@ def populated(home):
 
 
 def test_help_lists_every_command_without_importing_torch():
-    code = ("import sys; from cli.app import app; import typer.main; typer.main.get_command(app); "
+    code = ("import sys; from mdl.cli.app import app; import typer.main; typer.main.get_command(app); "
             "print(sorted(m for m in ('torch', 'torchvision', 'sqlalchemy', 'alembic') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "[]"
-    proc = subprocess.run([sys.executable, "-m", "cli", "--help"], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "mdl", "--help"], capture_output=True, text=True,
                           env={**os.environ, "COLUMNS": "200"})
     assert proc.returncode == 0
     for command in ["init", "pretrain", "add-domain", "list", "show", "gate-train", "score", "predict",
@@ -108,7 +108,7 @@ def test_mdl_home_env_is_the_default(mdl, tmp_path):
 
 
 def test_old_schema_is_refused_until_db_upgrade(mdl, home):
-    from registry import db
+    from mdl.registry import db
 
     home.mkdir()
     db.upgrade(Registry(home).engine, "0001")
@@ -152,3 +152,28 @@ def test_piped_tables_are_not_cut_to_80_columns(populated, tmp_path):
     res = run_mdl("list", home=populated, env={"COLUMNS": ""})
     assert res.code == 0
     assert any("a-rather-long-domain-name-for-pipes" in line for line in res.stdout.splitlines())
+
+
+def test_wrong_data_path_fails_before_torch_loads(home):
+    """The path check comes first: no torch start-up (seconds) before saying the folder does not exist."""
+    code = ("import sys; from mdl.cli.app import main; "
+            f"sys.argv = ['mdl', 'add-domain', 'x', '--data', '/no/such/folder', '--home', {str(home)!r}]\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    print(e.code, 'torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.stdout.split() == ["1", "False"] and "data source not found: /no/such/folder" in proc.stderr
+
+
+def test_unwritable_home_fails_before_training(mdl, home, monkeypatch):
+    """Simulated (the suite may run as root, for whom chmod does not bite): when nothing can be written in
+    the home, add-domain stops before loading data or training, in one line, registry unchanged."""
+    import mdl.registry.store as store
+
+    assert mdl("init", home=home).code == 0
+    before = tree_digest(home)
+
+    def refuse(*a, **kw):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(store.tempfile, "NamedTemporaryFile", refuse)
+    res = mdl("add-domain", "x", "--data", "builtin:digits", "--epochs", "1", home=home)
+    assert res.code == 1 and "is not writable (Permission denied)" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and tree_digest(home) == before

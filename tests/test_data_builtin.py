@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from mdl_core.data import DataError, list_builtin, open_source
-from mdl_core.data.builtin import export_builtin, generate, get_spec, load_builtin
+from mdl.core.data import DataError, list_builtin, open_source
+from mdl.core.data.builtin import export_builtin, generate, get_spec, load_builtin
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
 SCALE = 0.01  # one or two images per class and split: fast, same code paths
@@ -30,7 +30,7 @@ def test_builtin_names_and_flags():
     assert {n for n in names if not get_spec(n).flip} == {"digits", "glyphs", "signs", "housenums"}
     prefixes = [get_spec(n).prefix for n in names]
     assert sorted(prefixes) == list(range(101, len(names) + 101))
-    from mdl_core.scoring import decathlon_facts  # never a decathlon prefix (1-10): ids cannot pass for official ones
+    from mdl.core.scoring import decathlon_facts  # never a decathlon prefix (1-10): ids cannot pass for official ones
     assert not set(prefixes) & {d["prefix"] for d in decathlon_facts()["domains"].values()}
     with pytest.raises(DataError, match="unknown builtin domain 'nope'"):
         open_source("builtin:nope")
@@ -95,13 +95,13 @@ def _cli(*args, env_extra=None):
     import os
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, env=env, cwd=ROOT)
+    return subprocess.run([sys.executable, "-m", "mdl", *args], capture_output=True, text=True, env=env, cwd=ROOT)
 
 
 def test_cli_inspect_every_builtin_json():
     from typer.testing import CliRunner
 
-    from cli.data_cmd import app
+    from mdl.cli.data_cmd import app
 
     runner = CliRunner()
     for name in list_builtin():
@@ -116,7 +116,7 @@ def test_cli_errors_are_one_line_and_help_stays_light(tmp_path):
     r = _cli("data", "inspect", str(tmp_path / "missing"))
     assert r.returncode == 1 and r.stdout == ""
     assert len(r.stderr.strip().splitlines()) == 1 and "not found" in r.stderr
-    r = subprocess.run([sys.executable, "-c", "import sys, cli.app, cli.data_cmd, mdl_core.data; "
+    r = subprocess.run([sys.executable, "-c", "import sys, mdl.cli.app, mdl.cli.data_cmd, mdl.core.data; "
                         "sys.exit('torch' in sys.modules)"], env={"PYTHONPATH": str(ROOT)}, cwd=ROOT)
     assert r.returncode == 0, "importing the CLI must not import torch"
 
@@ -124,7 +124,7 @@ def test_cli_errors_are_one_line_and_help_stays_light(tmp_path):
 def test_cli_export_then_inspect(tmp_path):
     from typer.testing import CliRunner
 
-    from cli.data_cmd import app
+    from mdl.cli.data_cmd import app
 
     runner = CliRunner()
     r = runner.invoke(app, ["export-builtin", "digits", "--out", str(tmp_path / "x"), "--json"])

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from _data_helpers import decathlon, image_folder, write_png
-from mdl_core.data import DataError, load_images, make_loader, open_source
-from mdl_core.data.imagefolder import stratified_split
+from mdl.core.data import DataError, load_images, make_loader, open_source
+from mdl.core.data.imagefolder import stratified_split
 
 # torchvision 0.29 deprecates its decoders in favour of TorchCodec; they are what the issue asks for
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
@@ -86,7 +86,7 @@ def test_grayscale_and_rgba_converted(tmp_path):
     write_png(tmp_path / "ds" / "cat" / "gray.png", rng, mode="L")
     write_png(tmp_path / "ds" / "dog" / "alpha.png", rng, mode="RGBA")
     dd = open_source(str(tmp_path / "ds"), image_size=16)
-    assert any("1 grayscale and 1 with an alpha channel" in p for p in dd.problems)
+    assert any("1 grayscale, 1 with an alpha channel, 0 CMYK" in p for p in dd.problems)
     for ds in dd.splits.values():
         assert ds.images.shape[1] == 3 and ds.images.dtype == torch.uint8
     x = load_images([tmp_path / "ds" / "cat" / "gray.png", tmp_path / "ds" / "dog" / "alpha.png"], dd.stats())
@@ -225,7 +225,7 @@ def test_16_bit_pngs_are_scaled_like_8_bit_ones(tmp_path):
     """A 16-bit PNG holds the same picture as its 8-bit twin; training must not read it as 8-bit garbage."""
     from PIL import Image
 
-    from mdl_core.data.transforms import decode_rgb
+    from mdl.core.data.transforms import decode_rgb
 
     rng = np.random.default_rng(0)
     gray8 = rng.integers(0, 256, size=(12, 10), dtype=np.uint8)
@@ -234,3 +234,19 @@ def test_16_bit_pngs_are_scaled_like_8_bit_ones(tmp_path):
     a8, _ = decode_rgb(tmp_path / "a8.png")
     a16, _ = decode_rgb(tmp_path / "a16.png")
     assert a16.dtype == torch.uint8 and torch.equal(a8, a16)
+
+
+def test_cmyk_is_not_alpha_and_decode_errors_are_plain(tmp_path):
+    """A CMYK JPEG has 4 channels but no alpha; a decode error names the file, not torchvision's C++ source."""
+    from PIL import Image
+
+    from mdl.core.data.transforms import CMYK, decode_rgb
+
+    Image.new("CMYK", (8, 8), (10, 20, 30, 40)).save(tmp_path / "c.jpg")
+    img, channels = decode_rgb(tmp_path / "c.jpg")
+    assert channels == CMYK and img.shape == (3, 8, 8)
+    (tmp_path / "bad.png").write_bytes(b"garbage bytes")
+    with pytest.raises(DataError) as err:
+        decode_rgb(tmp_path / "bad.png")
+    msg = str(err.value)
+    assert str(tmp_path / "bad.png") in msg and ".cpp" not in msg and "csrc" not in msg

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from cli.jobs.demo import DemoPlan, run
-from mdl_core.data import list_builtin
-from registry.store import Registry
+from mdl.cli.jobs.demo import DemoPlan, run
+from mdl.core.data import list_builtin
+from mdl.registry.store import Registry
 
 TOY = DemoPlan(image_size=16, data_scale=0.03, domain_epochs=1, reference_epochs=1, gate_epochs=1, batch_size=32)
 TOY_OWN = DemoPlan(trunk="resnet26_dw", width=0.0625, image_size=16, data_scale=0.03, pretrain_epochs=1,

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from mdl_core import create_network
+from mdl.core import create_network
 
 
 def trunk_with_stats(width=0.125):

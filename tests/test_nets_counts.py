@@ -1,7 +1,7 @@
 """Exact parameter counts at full width, with the arithmetic spelled out."""
 import pytest
 
-from mdl_core import create_network, list_methods, list_trunks
+from mdl.core import create_network, list_methods, list_trunks
 
 # ---- resnet26_dw (Guo et al.): stem 3->64, stages 128/256/512, 4 blocks x 2 (dw3x3 -> pw1x1 -> BN)
 STEM_DW = 3 * 64 * 9                                                   # 1,728

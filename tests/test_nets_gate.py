@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load, save
 
-from mdl_core import create_network
+from mdl.core import create_network
 
 
 def make():

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from mdl_core import create_network
-from mdl_core.nets import layers
+from mdl.core import create_network
+from mdl.core.nets import layers
 
 NAMES = ["a", "b", "c", "a", "c", "b", "b", "a"]
 

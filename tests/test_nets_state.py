@@ -3,7 +3,7 @@ import pytest
 import torch
 from safetensors.torch import load, save
 
-from mdl_core import create_network
+from mdl.core import create_network
 
 
 @pytest.mark.parametrize("arch,method", [("resnet26_dw", "dw"), ("resnet26", "series-adapter"),

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mdl_core import create_network
+from mdl.core import create_network
 
 CASES = [("resnet26_dw", m) for m in ("dw", "dw-sharing", "classifier-only", "finetune")] + \
         [("resnet26", m) for m in ("bn", "parallel-adapter", "series-adapter", "classifier-only")]

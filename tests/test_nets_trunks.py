@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mdl_core import create_network
+from mdl.core import create_network
 
 # (timm model, input size): small inputs keep this fast; ConvNeXt's stride-32 stem needs 32 px.
 FAMILIES = [("tf_efficientnet_lite0", 32), ("mobilenetv3_small_050", 32), ("convnext_atto", 32)]

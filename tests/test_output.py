@@ -2,7 +2,7 @@
 import json
 import math
 
-from cli._output import emit_json
+from mdl.cli._output import emit_json
 
 
 def test_emit_json_is_strict(capsys):

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from mdl_core import pretrained
+from mdl.core import pretrained
 
 timm = pytest.importorskip("timm")
 skimage_data = pytest.importorskip("skimage.data")

@@ -6,10 +6,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 
-from registry import db
-from registry.errors import NotInitialised, SchemaMismatch
-from registry.models import Base
-from registry.store import DB_NAME, Registry
+from mdl.registry import db
+from mdl.registry.errors import NotInitialised, SchemaMismatch
+from mdl.registry.models import Base
+from mdl.registry.store import DB_NAME, Registry
 
 TABLES = {"artifacts", "trunks", "domains", "domain_versions", "gates", "evaluations", "alembic_version"}
 

@@ -12,10 +12,10 @@ import torch
 from conftest import register_tiny, tiny_tensors
 from sqlalchemy import func, select
 
-from registry.artifacts import read_metadata
-from registry.errors import IntegrityFailure, NotFound, RegistryError
-from registry.models import Artifact, DomainVersion
-from registry.store import Registry
+from mdl.registry.artifacts import read_metadata
+from mdl.registry.errors import IntegrityFailure, NotFound, RegistryError
+from mdl.registry.models import Artifact, DomainVersion
+from mdl.registry.store import Registry
 
 
 @pytest.fixture
@@ -107,7 +107,7 @@ def test_process_killed_between_write_and_rename(reg):
         import os, sys
         sys.path.insert(0, {os.path.dirname(__file__)!r})
         from conftest import register_tiny
-        from registry.store import Registry
+        from mdl.registry.store import Registry
         reg = Registry.open({str(reg.home)!r})
         os.replace = lambda *a, **k: os._exit(9)
         register_tiny(reg, "svhn", seed=5)
@@ -125,7 +125,7 @@ WORKER = textwrap.dedent("""
     import sys
     sys.path.insert(0, sys.argv[3])
     from conftest import register_tiny
-    from registry.store import Registry
+    from mdl.registry.store import Registry
     reg = Registry.open(sys.argv[1])
     for i in range(int(sys.argv[2])):
         register_tiny(reg, "svhn", seed=i)

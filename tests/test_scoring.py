@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from mdl_core.scoring import decathlon_facts, domain_score, score_domains
+from mdl.core.scoring import decathlon_facts, domain_score, score_domains
 
 
 def table2(method: str) -> dict[str, float]:

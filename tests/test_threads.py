@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from mdl_core import threads
+from mdl.core import threads
 
 
 @pytest.fixture

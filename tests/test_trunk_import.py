@@ -9,7 +9,7 @@ import torch
 from conftest import tree_digest
 from PIL import Image
 
-from registry.store import Registry
+from mdl.registry.store import Registry
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def lite0_home(tmp_path_factory):
 
 def test_import_records_provenance_and_the_imagenet_classifier(lite0_home):
     home, out = lite0_home
-    from mdl_core.pretrained import lite0_weights_path
+    from mdl.core.pretrained import lite0_weights_path
 
     assert out["trunk"] == "timm/tf_efficientnet_lite0:v1" and out["num_params"] == 3_371_008
     prov = out["provenance"]
@@ -108,8 +108,8 @@ def _to_layout1(tensors: dict) -> dict:
 def test_layout1_artifacts_load_renamed_with_equal_logits(home, arch, method):
     from sqlalchemy import text
 
-    from cli.jobs.common import NetworkLoader
-    from mdl_core import create_network
+    from mdl.cli.jobs.common import NetworkLoader
+    from mdl.core import create_network
 
     torch.manual_seed(0)
     src = create_network(arch, method="finetune", domains={"src": 4}, width=0.125)

@@ -109,7 +109,7 @@ def test_killed_add_domain_registers_nothing_and_resume_finishes(tmp_path, trees
     home = tmp_path / "home"
     subprocess.run(["cp", "-r", str(chain), str(home)], check=True)
     before = invoke("list", "--json", home=home).json()
-    args = [sys.executable, "-m", "cli", "add-domain", "gamma", "--data", str(trees["src"]), "--epochs", "4",
+    args = [sys.executable, "-m", "mdl", "add-domain", "gamma", "--data", str(trees["src"]), "--epochs", "4",
             "--batch-size", "16", "--device", "cpu", "--home", str(home)]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.time() + 300

@@ -1,1 +1,1 @@
-"""Workflows that join the registry and mdl_core (the CLI commands stay thin wrappers over these)."""
+"""Workflows that join the registry and mdl.core (the CLI commands stay thin wrappers over these)."""

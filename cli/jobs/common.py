@@ -11,9 +11,9 @@ from typing import Any, Iterable
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from cli._output import err
-from registry.errors import NotFound
-from registry.store import DomainVersionRecord, Registry, TrunkRecord
+from mdl.cli._output import err
+from mdl.registry.errors import NotFound
+from mdl.registry.store import DomainVersionRecord, Registry, TrunkRecord
 
 # A fresh registry's trunk: ImageNet EfficientNet-Lite0, imported offline from its PyPI package on first need.
 DEFAULT_TRUNK = "timm/tf_efficientnet_lite0"
@@ -44,7 +44,7 @@ def run_key(**fields: Any) -> tuple[str, dict]:
 @functools.lru_cache(maxsize=None)
 def compatible(arch: str, method: str, width: float = 1.0) -> bool:
     """Whether `method`'s rule applies to trunk `arch` (the method reads the trunk's modules)."""
-    from mdl_core.nets import method_applies
+    from mdl.core.nets import method_applies
 
     return method_applies(arch, method, width)
 
@@ -52,7 +52,7 @@ def compatible(arch: str, method: str, width: float = 1.0) -> bool:
 def pick_trunk(reg: Registry, method: str, trunk: str | None = None) -> TrunkRecord:
     """`--trunk ARCH[:vN]` if given, else the newest trunk the method can use. A registry without any
     trunk gets the default ImageNet trunk imported first (offline)."""
-    from mdl_core import list_methods
+    from mdl.core import list_methods
 
     if method not in list_methods():
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(list_methods())}")
@@ -80,7 +80,7 @@ def pick_trunk(reg: Registry, method: str, trunk: str | None = None) -> TrunkRec
 
 
 def import_default_trunk(reg: Registry) -> TrunkRecord:
-    from cli.jobs.trunks import import_trunk
+    from mdl.cli.jobs.trunks import import_trunk
 
     err.print(f"No trunk registered yet: importing the default, {DEFAULT_TRUNK} with ImageNet weights (offline).")
     return import_trunk(reg, arch=DEFAULT_TRUNK)[0]
@@ -99,7 +99,7 @@ class NetworkLoader:
         return self._trunks[trunk.id]
 
     def network(self, trunk: TrunkRecord, method: str, versions: Iterable[DomainVersionRecord] = ()):
-        from mdl_core import create_network
+        from mdl.core import create_network
 
         net = create_network(trunk.arch, method=method, domains={}, width=trunk.width)
         net.load_trunk_state_dict(self.trunk_tensors(trunk))
@@ -108,8 +108,8 @@ class NetworkLoader:
         return net
 
     def add_version(self, net, v: DomainVersionRecord) -> None:
-        from mdl_core.nets.legacy import upgrade_domain_tensors
-        from registry.models import TENSOR_LAYOUT
+        from mdl.core.nets.legacy import upgrade_domain_tensors
+        from mdl.registry.models import TENSOR_LAYOUT
 
         net.add_domain(v.name, v.num_classes)
         tensors = self.reg.load_tensors(v.artifact)
@@ -128,7 +128,7 @@ def trunk_mean_std(trunk: TrunkRecord):
 
 def open_data(src: str, name: str, *, image_size: int, mean_std=None, on_bad_image: str = "fail",
               seed: int = 0):
-    from mdl_core.data import open_source
+    from mdl.core.data import open_source
 
     dd = open_source(src, name, image_size=image_size, on_bad_image=on_bad_image, seed=seed, mean_std=mean_std)
     for problem in dd.problems:  # what `mdl data inspect` would point out (skipped images among them)
@@ -155,7 +155,7 @@ def data_record(dd, src: str, seed: int) -> dict:
 
 
 def loaders(dd, batch_size: int, workers: int, seed: int):
-    from mdl_core.data import make_loader
+    from mdl.core.data import make_loader
 
     if "val" not in dd.splits or len(dd.splits["val"]) == 0:
         raise ValueError(f"{dd.source} has no validation images; a validation split is needed to pick the best epoch")

@@ -9,13 +9,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cli._output import info
-from cli.jobs.common import DEFAULT_TRUNK
-from cli.jobs.evaluate import score
-from cli.jobs.gates import GateOptions, gate_targets, train_gate
-from cli.jobs.train import TrainOptions, add_domain, pretrain
-from cli.jobs.trunks import import_trunk
-from registry.store import Registry
+from mdl.cli._output import info
+from mdl.cli.jobs.common import DEFAULT_TRUNK
+from mdl.cli.jobs.evaluate import score
+from mdl.cli.jobs.gates import GateOptions, gate_targets, train_gate
+from mdl.cli.jobs.train import TrainOptions, add_domain, pretrain
+from mdl.cli.jobs.trunks import import_trunk
+from mdl.registry.store import Registry
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ PLAN = DemoPlan()
 
 
 def run(home: Path, *, device: str = "auto", workers: int = 0, plan: DemoPlan = PLAN) -> dict:
-    from mdl_core.data import list_builtin
+    from mdl.core.data import list_builtin
 
     start = time.perf_counter()
     reg, created = Registry.init(home)

@@ -8,10 +8,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from cli._output import info
-from cli.jobs.common import NetworkLoader, open_data, open_version_data
-from cli.jobs.gates import gated_network
-from registry.store import DomainVersionRecord, Registry
+from mdl.cli._output import info
+from mdl.cli.jobs.common import NetworkLoader, open_data, open_version_data
+from mdl.cli.jobs.gates import gated_network
+from mdl.registry.store import DomainVersionRecord, Registry
 
 
 def _check_writable(path: Path) -> None:
@@ -35,9 +35,9 @@ def score(reg: Registry, *, split: str = "val", results: Path | None = None, dev
 
     ``results``: the challenge's submission file: every test image of every decathlon-layout domain (and
     nothing else); a domain whose images could not all be read fails it, naming the missing ids."""
-    from mdl_core.data import make_loader
-    from mdl_core.scoring import decathlon_facts, score_domains
-    from mdl_core.training import DeviceSetup, predict_logits
+    from mdl.core.data import make_loader
+    from mdl.core.scoring import decathlon_facts, score_domains
+    from mdl.core.training import DeviceSetup, predict_logits
 
     if split not in ("val", "test"):
         raise ValueError(f"unknown --split {split!r}: choose val or test")
@@ -129,8 +129,8 @@ def predict(reg: Registry, default_domain: str, images: list[str], *, top_k: int
     domain goes through one network in one (stacked, for dw) pass."""
     import torch
 
-    from mdl_core.data import load_images
-    from mdl_core.training import DeviceSetup
+    from mdl.core.data import load_images
+    from mdl.core.training import DeviceSetup
 
     pairs = [(img.split("@", 1) if "@" in img and not Path(img).exists() else (default_domain, img)) for img in images]
     known = {v.name for v in reg.current_versions()}

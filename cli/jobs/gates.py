@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cli._output import info
-from cli.jobs.common import NetworkLoader, loaders, open_version_data, progress, run_key
-from registry.store import DomainVersionRecord, GateRecord, Registry
+from mdl.cli._output import info
+from mdl.cli.jobs.common import NetworkLoader, loaders, open_version_data, progress, run_key
+from mdl.registry.store import DomainVersionRecord, GateRecord, Registry
 
 GATED_METHOD = "dw"  # the gate mixes depthwise outputs, so every mixed domain must own its depthwise filters
 
@@ -39,8 +39,8 @@ def gate_targets(reg: Registry, names: list[str] | None) -> list[DomainVersionRe
 def train_gate(reg: Registry, target: DomainVersionRecord, opts: GateOptions) -> GateRecord:
     import torch
 
-    from mdl_core.recipes import Recipe
-    from mdl_core.training import Checkpoint, DeviceSetup, accuracy, fit
+    from mdl.core.recipes import Recipe
+    from mdl.core.training import Checkpoint, DeviceSetup, accuracy, fit
 
     mixed = [v for v in reg.current_versions() if v.method == GATED_METHOD and v.trunk.id == target.trunk.id]
     if len(mixed) < 2:

@@ -4,10 +4,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from cli._output import info
-from cli.jobs.common import (NetworkLoader, data_record, loaders, open_data, pick_trunk, progress, run_key,
+from mdl.cli._output import info
+from mdl.cli.jobs.common import (NetworkLoader, data_record, loaders, open_data, pick_trunk, progress, run_key,
                              source_method, trunk_mean_std)
-from registry.store import DomainVersionRecord, Registry, TrunkRecord, check_name
+from mdl.registry.store import DomainVersionRecord, Registry, TrunkRecord, check_name
 
 
 BN_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")  # buffers, not parameters
@@ -27,15 +27,15 @@ class TrainOptions:
 
 
 def _recipe(opts: TrainOptions, weight_decay: float):
-    from mdl_core.recipes import Recipe
+    from mdl.core.recipes import Recipe
 
     return Recipe(epochs=opts.epochs, lr=opts.lr, batch_size=opts.batch_size, weight_decay=weight_decay,
                   seed=opts.seed)
 
 
 def _test_accuracy(net, dd, opts, dev, **forward_kw) -> float | None:
-    from mdl_core.data import make_loader
-    from mdl_core.training import accuracy
+    from mdl.core.data import make_loader
+    from mdl.core.training import accuracy
 
     if "test" not in dd.splits or len(dd.splits["test"]) == 0:
         return None
@@ -45,7 +45,7 @@ def _test_accuracy(net, dd, opts, dev, **forward_kw) -> float | None:
 
 def _checkpoint(reg: Registry, name: str, key: dict, resume: bool):
     """The run folder for these settings; checked before any work so a bad --resume fails fast."""
-    from mdl_core.training import Checkpoint
+    from mdl.core.training import Checkpoint
 
     digest, key = run_key(**key)
     checkpoint = Checkpoint(reg.home / "runs" / f"{key['job']}-{name}-{digest}", key)
@@ -59,7 +59,7 @@ def _checkpoint(reg: Registry, name: str, key: dict, resume: bool):
 def _fit(net, params, dd, opts: TrainOptions, recipe, checkpoint, *, snapshot, restore, forward_kw):
     import torch
 
-    from mdl_core.training import DeviceSetup, fit
+    from mdl.core.training import DeviceSetup, fit
 
     dev = DeviceSetup.resolve(opts.device)
     dev.prepare(net)
@@ -76,7 +76,7 @@ def pretrain(reg: Registry, src: str, *, name: str | None, arch: str, width: flo
     """Train the whole network on the source domain; register the trunk and the source as its first domain."""
     import torch
 
-    from mdl_core import create_network
+    from mdl.core import create_network
 
     name = check_name(name or default_name(src))
     reg.check_writable()
@@ -127,7 +127,7 @@ def add_domain(reg: Registry, name: str, src: str, *, method: str, trunk: str | 
                opts: TrainOptions, source_domain: str | None = None) -> DomainVersionRecord:
     """Train `name`'s own tensors against the frozen trunk and register them as a new version.
     `source_domain`: which domain of `src` to read (a decathlon folder holds ten; default: `name`)."""
-    from mdl_core.recipes import default_weight_decay
+    from mdl.core.recipes import default_weight_decay
 
     check_name(name)
     reg.check_writable()

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cli._output import info
-from registry.artifacts import sha256_file
-from registry.store import DomainVersionRecord, Registry, TrunkRecord
+from mdl.cli._output import info
+from mdl.registry.artifacts import sha256_file
+from mdl.registry.store import DomainVersionRecord, Registry, TrunkRecord
 
 # Images of new domains are resized to this shorter side and cropped to 64 (the decathlon's 72/64).
 DEFAULT_IMAGE_SIZE = 72
@@ -22,9 +22,9 @@ LITE0 = "timm/tf_efficientnet_lite0"
 
 def _weights(arch: str, path: str | None, from_timm: bool) -> tuple[dict, dict, dict]:
     """(state dict in the trunk's naming, pretrained preprocessing config, provenance)."""
-    from mdl_core import pretrained
-    from mdl_core.nets.trunks import TIMM_PREFIX, trunk_factory
-    from mdl_core.nets.trunks.timm_family import timm_version
+    from mdl.core import pretrained
+    from mdl.core.nets.trunks import TIMM_PREFIX, trunk_factory
+    from mdl.core.nets.trunks.timm_family import timm_version
 
     is_timm = arch.startswith(TIMM_PREFIX)
     library = {"library": "timm", "library_version": timm_version(), "model_name": arch[len(TIMM_PREFIX):]} \
@@ -62,11 +62,11 @@ def _weights(arch: str, path: str | None, from_timm: bool) -> tuple[dict, dict, 
 def import_trunk(reg: Registry, *, arch: str, path: str | None = None, from_timm: bool = False,
                  source_name: str = "imagenet", image_size: int = DEFAULT_IMAGE_SIZE
                  ) -> tuple[TrunkRecord, DomainVersionRecord | None]:
-    from mdl_core import create_network
-    from mdl_core.nets.wrappers import NBT
-    from registry.store import check_name
+    from mdl.core import create_network
+    from mdl.core.nets.wrappers import NBT
+    from mdl.registry.store import check_name
 
-    from cli.jobs.common import source_method
+    from mdl.cli.jobs.common import source_method
 
     check_name(source_name)
     state, cfg, provenance = _weights(arch, path, from_timm)
@@ -108,7 +108,7 @@ def import_trunk(reg: Registry, *, arch: str, path: str | None = None, from_timm
 
 def _class_names(num_classes: int) -> list[str]:
     if num_classes == 1000:
-        from mdl_core.pretrained import imagenet_class_names
+        from mdl.core.pretrained import imagenet_class_names
 
         return imagenet_class_names()
     return [str(i) for i in range(num_classes)]

@@ -1,14 +1,14 @@
 """Data layer: everything that turns `--data SRC` into training batches.
 
-    from mdl_core.data import open_source, make_loader, load_images, list_builtin, DataError
+    from mdl.core.data import open_source, make_loader, load_images, list_builtin, DataError
     dd = open_source("builtin:digits", image_size=32)
     loader = make_loader(dd, "train", 128, train=True, workers=2)
 
-Heavy imports (torch, torchvision) happen on first use of a function, not on `import mdl_core.data`.
+Heavy imports (torch, torchvision) happen on first use of a function, not on `import mdl.core.data`.
 """
 from __future__ import annotations
 
-from mdl_core.data.errors import DataError
+from mdl.core.data.errors import DataError
 
 __all__ = ["open_source", "make_loader", "load_images", "list_builtin", "export_builtin", "DataError",
            "DomainData", "NO_FLIP_DOMAINS", "default_crop"]
@@ -16,19 +16,19 @@ __all__ = ["open_source", "make_loader", "load_images", "list_builtin", "export_
 
 def __getattr__(name):
     if name == "open_source":
-        from mdl_core.data.sources import open_source
+        from mdl.core.data.sources import open_source
 
         return open_source
     if name in ("make_loader", "load_images", "DomainData"):
-        from mdl_core.data import dataset
+        from mdl.core.data import dataset
 
         return getattr(dataset, name)
     if name in ("list_builtin", "export_builtin"):
-        from mdl_core.data import builtin
+        from mdl.core.data import builtin
 
         return getattr(builtin, name)
     if name in ("NO_FLIP_DOMAINS", "default_crop"):
-        from mdl_core.data import transforms
+        from mdl.core.data import transforms
 
         return getattr(transforms, name)
-    raise AttributeError(f"module 'mdl_core.data' has no attribute {name!r}")
+    raise AttributeError(f"module 'mdl.core.data' has no attribute {name!r}")

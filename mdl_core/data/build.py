@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from mdl_core.data.dataset import DomainData, LazyImages, SplitDataset, finish_images, fingerprint, max_memory_bytes
-from mdl_core.data.errors import DataError
-from mdl_core.data.transforms import channel_stats, decode_rgb, default_crop, resize_shorter
+from mdl.core.data.dataset import DomainData, LazyImages, SplitDataset, finish_images, fingerprint, max_memory_bytes
+from mdl.core.data.errors import DataError
+from mdl.core.data.transforms import CMYK, channel_stats, decode_rgb, default_crop, resize_shorter
 
 ON_BAD_IMAGE = ("skip", "fail")
 
@@ -56,7 +56,7 @@ def build_domain(*, name: str, source: str, kind: str, classes: list[str], categ
     total = sum(len(v) for v in items.values())
     lazy = total * 3 * image_size * image_size > max_memory_bytes()
     split_images, split_labels, image_ids, file_names, records = {}, {}, {}, {}, []
-    skipped, bad_examples, gray, alpha, skipped_ids = 0, [], 0, 0, {}
+    skipped, bad_examples, gray, alpha, cmyk, skipped_ids = 0, [], 0, 0, 0, {}
     smallest, largest = (10**18, 0, 0), (-1, 0, 0)  # (area, w, h) of real images, not per-axis extremes
     workers = max(1, min(4, os.cpu_count() or 1))
     pool = ThreadPoolExecutor(max_workers=workers) if not lazy else None
@@ -80,6 +80,7 @@ def build_domain(*, name: str, source: str, kind: str, classes: list[str], categ
                         continue
                     gray += ch in (1, 2)
                     alpha += ch in (2, 4)
+                    cmyk += ch == CMYK
                     smallest, largest = min(smallest, (w * h, w, h)), max(largest, (w * h, w, h))
                     imgs.append(img)
                     kept.append((path, label, iid, fname))
@@ -96,8 +97,8 @@ def build_domain(*, name: str, source: str, kind: str, classes: list[str], categ
         raise DataError(f"{source}: the training split of {name!r} has no usable images")
     if skipped:
         problems.append(f"skipped {skipped} undecodable image(s), first: {bad_examples[0]}")
-    if gray or alpha:
-        problems.append(f"converted to RGB: {gray} grayscale and {alpha} with an alpha channel")
+    if gray or alpha or cmyk:
+        problems.append(f"converted to RGB: {gray} grayscale, {alpha} with an alpha channel, {cmyk} CMYK")
     if lazy:
         problems.append("too large to hold in memory: images are decoded per batch, unreadable ones fail then")
 

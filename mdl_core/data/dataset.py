@@ -16,8 +16,8 @@ from typing import Any, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from mdl_core.data.errors import DataError
-from mdl_core.data.transforms import BatchAugment, decode_rgb, eval_transform, resize_shorter, train_transform
+from mdl.core.data.errors import DataError
+from mdl.core.data.transforms import BatchAugment, decode_rgb, eval_transform, resize_shorter, train_transform
 
 
 class LazyImages:
@@ -194,7 +194,7 @@ def load_images(paths: Sequence[str | Path], dd_or_stats) -> torch.Tensor:
     try:
         crop = int(_stat(dd_or_stats, "crop"))
     except (KeyError, AttributeError):
-        from mdl_core.data.transforms import default_crop
+        from mdl.core.data.transforms import default_crop
 
         crop = default_crop(image_size)
     if not paths:

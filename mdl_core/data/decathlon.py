@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mdl_core.data.errors import DataError
-from mdl_core.data.transforms import NO_FLIP_DOMAINS
+from mdl.core.data.errors import DataError
+from mdl.core.data.transforms import NO_FLIP_DOMAINS
 
 PREFIX_SCALE = 10**7
 SUFFIXES = ("_train.json", "_val.json", "_test.json", "_test_stripped.json")

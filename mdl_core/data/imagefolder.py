@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mdl_core.data.errors import DataError
+from mdl.core.data.errors import DataError
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".ppm", ".pgm"}
 SPLIT_NAMES = ("train", "val", "test")

@@ -11,10 +11,10 @@ from typing import Callable
 
 import torch
 
-from mdl_core.data.build import build_domain, check_mean_std, check_options
-from mdl_core.data.dataset import DomainData, SplitDataset, fingerprint
-from mdl_core.data.errors import DataError
-from mdl_core.data.transforms import channel_stats, resize_shorter
+from mdl.core.data.build import build_domain, check_mean_std, check_options
+from mdl.core.data.dataset import DomainData, SplitDataset, fingerprint
+from mdl.core.data.errors import DataError
+from mdl.core.data.transforms import channel_stats, resize_shorter
 
 BUILTIN_PREFIX = "builtin:"
 
@@ -38,13 +38,13 @@ def open_source(src: str, domain: str | None = None, *, image_size: int = 72, cr
         raise DataError(f"data source not found: {src}", hint="give a folder or builtin:NAME")
     if not root.is_dir():
         raise DataError(f"data source {src} is not a folder (expected a decathlon root or an ImageFolder tree)")
-    from mdl_core.data.decathlon import is_decathlon, read_decathlon
+    from mdl.core.data.decathlon import is_decathlon, read_decathlon
 
     if is_decathlon(root):
         name, classes, category_ids, items, dflip, problems = read_decathlon(root, domain, src)
         kind = "decathlon"
     else:
-        from mdl_core.data.imagefolder import read_imagefolder
+        from mdl.core.data.imagefolder import read_imagefolder
 
         name, classes, items, problems = read_imagefolder(root, src, seed=seed, val_fraction=val_fraction)
         if domain is not None:
@@ -78,7 +78,7 @@ def parse_builtin(src: str) -> tuple[str, float | None]:
 
 
 def _open_builtin(src, name, *, image_size, crop, mean_std, flip, log, scale=None) -> DomainData:
-    from mdl_core.data.builtin import SPLIT_NAMES, image_ids, load_builtin
+    from mdl.core.data.builtin import SPLIT_NAMES, image_ids, load_builtin
 
     data = load_builtin(name, log=log, scale=scale)
     ids = image_ids(data)

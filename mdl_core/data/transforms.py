@@ -11,6 +11,7 @@ and then float conversion + per-domain mean/std normalisation.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import torch
@@ -18,7 +19,7 @@ from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from mdl_core.data.errors import DataError
+from mdl.core.data.errors import DataError
 
 # Decathlon domains whose meaning changes under a mirror (and which get no crop jitter either).
 NO_FLIP_DOMAINS = frozenset({"gtsrb", "omniglot", "svhn"})
@@ -29,14 +30,20 @@ def default_crop(image_size: int) -> int:
     return int(round(image_size * 64 / 72))
 
 
+CMYK = -4  # decode_rgb's channel code for a CMYK JPEG (4 channels, none of them alpha)
+
+
 def decode_rgb(path: str | Path) -> tuple[torch.Tensor, int]:
     """Decode an image file to a uint8 RGB tensor [3,H,W]; also return the channel count it had
-    (1 grayscale, 2 grayscale+alpha, 3 RGB, 4 RGBA). Raises DataError naming the path on failure."""
+    (1 grayscale, 2 grayscale+alpha, 3 RGB, 4 RGBA, CMYK for a CMYK JPEG). Raises DataError naming the
+    path on failure."""
     path = Path(path)
     try:
         data = _read_bytes(path)
         img = decode_image(data, mode=ImageReadMode.UNCHANGED)
         channels = int(img.shape[0])
+        if channels == 4 and bytes(data[:2].tolist()) == b"\xff\xd8":  # JPEG has no alpha: 4 channels are CMYK
+            channels = CMYK
         if channels != 3:  # let torchvision do the grayscale/alpha -> RGB conversion
             img = decode_image(data, mode=ImageReadMode.RGB)
     except DataError:
@@ -66,12 +73,19 @@ def _decode_with_pillow(path: Path, first_exc: BaseException) -> tuple[torch.Ten
         from PIL import Image
 
         with Image.open(path) as im:
-            bands = len(im.getbands())
+            bands = CMYK if im.mode == "CMYK" else len(im.getbands())
             img = F.pil_to_tensor(im.convert("RGB"))
         return img, bands
     except Exception:  # noqa: BLE001
-        msg = str(first_exc).splitlines()[0] if str(first_exc) else type(first_exc).__name__
-        raise DataError(f"cannot decode image {path}: {msg}") from None
+        raise DataError(f"cannot decode image {path}: {_reason(first_exc)}") from None
+
+
+def _reason(exc: BaseException) -> str:
+    """The decoder's message without torchvision's C++ function name and source location."""
+    msg = (str(exc).splitlines() or [""])[0]
+    msg = re.sub(r"^\w+, \S+\.(?:cpp|h|hpp):\d+, ", "", msg)  # "decode_image, /__w/.../decode_image.cpp:67, "
+    msg = re.sub(r"\s*Exception raised from .*$", "", msg)
+    return msg.strip() or type(exc).__name__
 
 
 def resize_shorter(img: torch.Tensor, image_size: int) -> torch.Tensor:

@@ -3,7 +3,7 @@
 Structure
     ``net.trunk``     the trunk (an nn.Module classifier: ``resnet26_dw``, ``timm/<model>``, ...) in which
                       the method replaced the selected modules by per-domain wrappers
-                      (:mod:`mdl_core.nets.wrappers`); every other module is shared and frozen.
+                      (:mod:`mdl.core.nets.wrappers`); every other module is shared and frozen.
     ``net.wrappers``  path -> wrapper, in module order; the classifier's wrapper holds each domain's head.
     ``net.gates``     nn.ModuleDict target domain -> GateSet (soft-sharing gate; methods that own depthwise).
 State dicts use the trunk's own module paths (``s1.b0.dw1.weight``, ``blocks.1.0.conv_dw.weight``),

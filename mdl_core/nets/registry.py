@@ -2,7 +2,7 @@
 
 A new trunk family is one function decorated with ``@register_trunk("name")`` returning an nn.Module
 classifier (any timm model needs none: ``timm/<model>``); a new method is one module
-holding a :class:`~mdl_core.nets.methods.base.Method` subclass decorated with ``@register_method("name")``.
+holding a :class:`~mdl.core.nets.methods.base.Method` subclass decorated with ``@register_method("name")``.
 """
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from mdl_core.data.errors import DataError
+from mdl.core.data.errors import DataError
 
 CACHE_VERSION = "v4"  # bump whenever a generator changes its output
 BUILTIN_PREFIX_BASE = 100  # above the decathlon's prefixes 1-10
@@ -39,7 +39,7 @@ class BuiltinSpec:
 
 
 def _specs() -> dict[str, BuiltinSpec]:
-    from mdl_core.data.builtin import domains as d
+    from mdl.core.data.builtin import domains as d
 
     table = [
         ("source", d.gen_source, True, "pretraining source: 100 classes of glyphs, shapes and textures on clutter"),
@@ -169,7 +169,7 @@ def image_ids(data) -> np.ndarray:
 
 def export_builtin(name: str, out: Path, seed: int = 0, log=None) -> dict[str, int]:
     """Write a builtin domain in the decathlon layout under `out`."""
-    from mdl_core.data.decathlon import write_decathlon
+    from mdl.core.data.decathlon import write_decathlon
 
     data = load_builtin(name, seed, log=log)
     ids = image_ids(data)

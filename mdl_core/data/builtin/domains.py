@@ -8,7 +8,7 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from mdl_core.data.builtin.render import (region_mean, 
+from mdl.core.data.builtin.render import (region_mean, 
     S, SHAPES, TEXTURE_FAMILIES, affine, clutter, colourise, compose, contrasting, draw_shape, finish, fonts_for,
     glyph_mask, pattern, rand_colour, smooth_field,
 )
@@ -230,7 +230,7 @@ def _sign_template(kind: str, text: str) -> Image.Image:
         d.rectangle([4, 4, W - 5, W - 5], fill=blue, outline=white, width=3)
         ink = white
     if text:
-        from mdl_core.data.builtin.render import font
+        from mdl.core.data.builtin.render import font
 
         size = 30 if len(text) <= 1 else (24 if len(text) == 2 else (17 if len(text) == 3 else 14))
         fname = "DejaVuSans-Bold.ttf" if fonts_for(text) and "DejaVuSans-Bold.ttf" in fonts_for(text) else "DejaVuSans.ttf"
@@ -262,7 +262,7 @@ def gen_signs(rng, scale=1.0):
 def gen_housenums(rng, scale=1.0):
     """House-number style digits (SVHN-like): the centred digit is the label, neighbours are partly
     visible on both sides; random fonts, sizes, colours, rotation, clutter, blur and noise."""
-    from mdl_core.data.builtin.render import FONTS, font
+    from mdl.core.data.builtin.render import FONTS, font
 
     counts = _counts((500, 150, 150), scale)
 

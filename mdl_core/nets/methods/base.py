@@ -3,7 +3,7 @@ domain) and which adapters are added; every other module stays shared and frozen
 
 A method declares ``parts(layout)``: the module paths it makes per-domain (the head is always one of
 them), ``check(layout)``: refuse a trunk it cannot apply to, and optionally ``wrapper_for`` to inject
-its own adapter wrapper. The layout vocabulary is :class:`~mdl_core.nets.layout.TrunkLayout`.
+its own adapter wrapper. The layout vocabulary is :class:`~mdl.core.nets.layout.TrunkLayout`.
 """
 from __future__ import annotations
 

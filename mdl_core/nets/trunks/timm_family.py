@@ -1,6 +1,6 @@
 """Any timm model is a trunk by name: ``timm/<model>`` (``timm/tf_efficientnet_lite0``,
 ``timm/mobilenetv3_large_100``, ``timm/convnext_atto``, ...). Adding a timm family needs no code: the
-methods read the model's modules (see :mod:`mdl_core.nets.layout`). Built without weights; weights
+methods read the model's modules (see :mod:`mdl.core.nets.layout`). Built without weights; weights
 come from a registered trunk version (``mdl trunk import``)."""
 from __future__ import annotations
 

@@ -1,0 +1,4 @@
+"""`python -m mdl`: the command line."""
+from mdl.cli.app import main
+
+main()
