@@ -230,3 +230,22 @@ def test_decathlon_domain_under_another_name(tmp_path, chain):
     assert row["baseline"] == 97.53 and row["score_basis"] == "official baseline"
     bad = invoke("add-domain", "signs-de", "--data", str(root), "--domain", "nope", "--epochs", "1", *TRAIN, home=home)
     assert bad.code == 1 and "nope" in bad.stderr
+
+
+def test_add_domain_shows_what_data_inspect_finds(tmp_path, chain):
+    """An image annotated with two different labels (the last wins) is said, not silently trained on."""
+    from _data_helpers import decathlon
+
+    home = tmp_path / "home"
+    subprocess.run(["cp", "-r", str(chain), str(home)], check=True)
+    root = tmp_path / "decathlon"
+    decathlon(root, "dtd", prefix=4, n_classes=3, sizes=(10, 4, 4))
+    train = root / "annotations" / "dtd_train.json"
+    doc = json.loads(train.read_text())
+    first = doc["annotations"][0]
+    other = next(c["id"] for c in doc["categories"] if c["id"] != first["category_id"])
+    doc["annotations"].append({"id": 999, "image_id": first["image_id"], "category_id": other})
+    train.write_text(json.dumps(doc))
+    res = invoke("add-domain", "dtd", "--data", str(root), "--epochs", "1", *TRAIN, home=home)
+    assert res.code == 0, res.stderr
+    assert f"several different labels; the last one is used (e.g. image {first['image_id']})" in res.stderr

@@ -106,13 +106,19 @@ def read_decathlon(root: Path, domain: str | None, source: str):
     for split, data in parsed.items():
         path = files[split]
         labels: dict[int, int] = {}
+        conflicts: list[int] = []
         for a in data.get("annotations") or []:
             iid = _field(a, "image_id", int, path, "annotations")
             cid = _field(a, "category_id", int, path, "annotations")
             if cid not in cat_index:
                 raise DataError(f"{path}: label {cid} of image {iid} is outside the categories "
                                 f"({category_ids[0]}..{category_ids[-1]})")
+            if labels.get(iid, cat_index[cid]) != cat_index[cid]:
+                conflicts.append(iid)
             labels[iid] = cat_index[cid]
+        if conflicts:
+            problems.append(f"{path.name}: {len(set(conflicts))} image(s) have several different labels; the last "
+                            f"one is used (e.g. image {conflicts[0]})")
         labelled = bool(labels)
         if split != "test" and not labelled:
             raise DataError(f"{path}: no annotations (labels) for the {split} split")
