@@ -58,3 +58,15 @@ def test_fused_equals_unfused_and_unfuse_recovers():
     for k in before:  # adapters recovered from the fused filters (one rounding of a subtraction)
         torch.testing.assert_close(after[k], before[k], rtol=0, atol=1e-6)
     torch.testing.assert_close(again, unfused, rtol=1e-5, atol=1e-5 * ref)
+
+
+def test_parallel_adapter_trains_on_the_batch_that_crashed_onednn():
+    """A strided 1x1 conv's backward on channels_last input crashed the process in oneDNN (batch 51,
+    8->16 channels, 28 px, stride 2); the adapter reads the strided taps with a stride-1 conv instead."""
+    torch.manual_seed(0)
+    net = create_network("resnet26", method="parallel-adapter", domains={"d": 43}, width=0.25)
+    net.to(memory_format=torch.channels_last)
+    params = net.train_domain("d")
+    x = torch.randn(51, 3, 28, 28).contiguous(memory_format=torch.channels_last)
+    torch.nn.functional.cross_entropy(net(x, "d"), torch.randint(0, 43, (51,))).backward()
+    assert all(p.grad is not None for p in params)
