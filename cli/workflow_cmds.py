@@ -12,7 +12,7 @@ from rich.table import Table
 from mdl.cli._output import CliError, Home, Json, emit_json, info, out
 from mdl.cli.threads import Threads
 from mdl.cli.threads import apply as apply_threads
-from mdl.cli.registry_cmds import open_registry, resolve_home, version_row, versions_table
+from mdl.cli.registry_cmds import open_registry, resolve_home, version_row
 
 
 class Placement(str, Enum):

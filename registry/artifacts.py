@@ -43,6 +43,12 @@ def read_metadata(data: bytes) -> dict[str, str]:
     return header.get("__metadata__", {})
 
 
+def probe_writable(folder: Path) -> None:
+    """Create and remove a file in `folder`: raises OSError when nothing can be written there."""
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=".mdl-write-check-"):
+        pass
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -7,7 +7,6 @@ constraint is retried, as MLflow's SQLAlchemy store does. Readers take no lock (
 from __future__ import annotations
 
 import re
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mdl.registry import db
-from mdl.registry.artifacts import ArtifactStore, decode_tensors, encode_tensors
+from mdl.registry.artifacts import ArtifactStore, decode_tensors, encode_tensors, probe_writable
 from mdl.registry.errors import NotFound, NotInitialised, RegistryError
 from mdl.registry.models import Artifact, Domain, DomainVersion, Evaluation, Gate, Trunk, utcnow
 
@@ -200,8 +199,7 @@ class Registry:
     def check_writable(self) -> None:
         """Fail at the start of a long job, not after its first epoch, when nothing can be written here."""
         try:
-            with tempfile.NamedTemporaryFile(dir=self.home, prefix=".mdl-write-check-"):
-                pass
+            probe_writable(self.home)
         except OSError as exc:
             raise RegistryError(f"registry home {self.home} is not writable ({exc.strerror})",
                                 hint="fix its permissions or pick another --home") from None

@@ -166,14 +166,14 @@ def test_wrong_data_path_fails_before_torch_loads(home):
 def test_unwritable_home_fails_before_training(mdl, home, monkeypatch):
     """Simulated (the suite may run as root, for whom chmod does not bite): when nothing can be written in
     the home, add-domain stops before loading data or training, in one line, registry unchanged."""
-    import mdl.registry.store as store
+    import mdl.registry.artifacts as artifacts
 
     assert mdl("init", home=home).code == 0
     before = tree_digest(home)
 
     def refuse(*a, **kw):
         raise PermissionError(13, "Permission denied")
-    monkeypatch.setattr(store.tempfile, "NamedTemporaryFile", refuse)
+    monkeypatch.setattr(artifacts.tempfile, "NamedTemporaryFile", refuse)
     res = mdl("add-domain", "x", "--data", "builtin:digits", "--epochs", "1", home=home)
     assert res.code == 1 and "is not writable (Permission denied)" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and tree_digest(home) == before

@@ -12,7 +12,6 @@ from typing import Any, Iterable
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from mdl.cli._output import err
-from mdl.registry.errors import NotFound
 from mdl.registry.store import DomainVersionRecord, Registry, TrunkRecord
 
 # A fresh registry's trunk: ImageNet EfficientNet-Lite0, imported offline from its PyPI package on first need.

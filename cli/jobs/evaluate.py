@@ -4,13 +4,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from mdl.cli._output import info
-from mdl.cli.jobs.common import NetworkLoader, open_data, open_version_data
+from mdl.cli.jobs.common import NetworkLoader, open_version_data
 from mdl.cli.jobs.gates import gated_network
+from mdl.registry.artifacts import probe_writable
 from mdl.registry.store import DomainVersionRecord, Registry
 
 
@@ -22,8 +22,7 @@ def _check_writable(path: Path) -> None:
     if path.is_dir():
         raise ValueError(f"--results {path} is a folder; give a file name")
     try:
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".mdl-write-check-"):
-            pass
+        probe_writable(folder)
     except OSError as exc:
         raise ValueError(f"--results {path}: cannot write in {folder} ({exc.strerror})") from None
 
@@ -77,14 +76,14 @@ def score(reg: Registry, *, split: str = "val", results: Path | None = None, dev
                                     gate_id=gate.id if use_gate else None))
         if dd.kind == "decathlon":
             official_names[v.name] = dd.name
-        if results is not None and dd.kind == "decathlon":  # the challenge takes its own domains' images only
-            missing = dd.skipped_ids.get(split, [])
-            if missing:
-                shown = ", ".join(map(str, missing[:5])) + (" ..." if len(missing) > 5 else "")
-                raise ValueError(f"{v.name}: {len(missing)} {split} image(s) could not be read (ids {shown}); "
-                                 "a submission must cover every image: fix or restore them")
-            submission += _results_entries(v, dd, split, predictions)
-            in_submission.append(v.name)
+            if results is not None:  # the challenge takes its own domains' images only, every one of them
+                missing = dd.skipped_ids.get(split, [])
+                if missing:
+                    shown = ", ".join(map(str, missing[:5])) + (" ..." if len(missing) > 5 else "")
+                    raise ValueError(f"{v.name}: {len(missing)} {split} image(s) could not be read (ids {shown}); "
+                                     "a submission must cover every image: fix or restore them")
+                submission += _results_entries(v, dd, split, predictions)
+                in_submission.append(v.name)
         rows.append({"name": v.name, "version": v.version, "method": v.method, "accuracy": acc if n else None,
                      "gate": (f"{gate.placement} (v{gate.version})" if use_gate else
                               "not used: no gain on val" if gate is not None else None),

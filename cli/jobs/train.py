@@ -172,5 +172,7 @@ def default_name(src: str) -> str:
     from pathlib import Path
 
     if src.startswith("builtin:"):
-        return src.split(":", 1)[1].partition("?")[0]
+        from mdl.core.data.sources import parse_builtin
+
+        return parse_builtin(src)[0]
     return Path(src).expanduser().resolve().name.lower().replace(".", "-")

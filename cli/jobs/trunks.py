@@ -20,10 +20,11 @@ DEFAULT_IMAGE_SIZE = 72
 LITE0 = "timm/tf_efficientnet_lite0"
 
 
-def _weights(arch: str, path: str | None, from_timm: bool) -> tuple[dict, dict, dict]:
-    """(state dict in the trunk's naming, pretrained preprocessing config, provenance)."""
+def _weights(arch: str, path: str | None, from_timm: bool) -> tuple[dict, dict | None, dict]:
+    """(state dict in the trunk's naming, pretrained preprocessing config or None for the trunk model's
+    own, provenance)."""
     from mdl.core import pretrained
-    from mdl.core.nets.trunks import TIMM_PREFIX, trunk_factory
+    from mdl.core.nets.trunks import TIMM_PREFIX
     from mdl.core.nets.trunks.timm_family import timm_version
 
     is_timm = arch.startswith(TIMM_PREFIX)
@@ -45,17 +46,16 @@ def _weights(arch: str, path: str | None, from_timm: bool) -> tuple[dict, dict, 
     if path is None:
         if arch != LITE0:
             raise ValueError(f"give a weights file for {arch} (only {LITE0} has packaged weights)")
-        file = pretrained.lite0_weights_path()
-        return pretrained.lite0_imagenet_state_dict(), dict(pretrained.lite0_pretrained_cfg()), {
-            "source": f"package {pretrained.SOURCE_PACKAGE}", "file": file.name, "weights_sha256": sha256_file(file),
-            "license": "apache-2.0", **library}
+        cfg = pretrained.lite0_pretrained_cfg()  # hashes the packaged file (once per process)
+        return pretrained.lite0_imagenet_state_dict(), cfg, {
+            "source": f"package {pretrained.SOURCE_PACKAGE}", "file": cfg["source_file"],
+            "weights_sha256": cfg["sha256"], "license": "apache-2.0", **library}
     file = Path(path).expanduser()
     state = pretrained.read_state_dict(file)
+    cfg = None if is_timm else {}
     if arch == LITE0 and "_conv_stem.weight" in state:  # lukemelas naming: rename onto timm's, strictly
         state = pretrained.lukemelas_to_timm_lite0(state)
-        cfg = dict(pretrained.lite0_pretrained_cfg())
-    else:
-        cfg = dict(getattr(trunk_factory(arch)(), "pretrained_cfg", {}) or {}) if is_timm else {}
+        cfg = dict(pretrained.LITE0_PRETRAINED_CFG)  # the preprocessing these weights expect, not the package's file
     return state, cfg, {"source": f"file {file.resolve()}", "weights_sha256": sha256_file(file), **library}
 
 
@@ -72,6 +72,8 @@ def import_trunk(reg: Registry, *, arch: str, path: str | None = None, from_timm
     state, cfg, provenance = _weights(arch, path, from_timm)
     shared = create_network(arch, method="classifier-only", domains={})
     shared.load_trunk_state_dict(state)  # strict: every trunk tensor present, shapes checked
+    if cfg is None:  # a timm model's own pretrained config
+        cfg = dict(getattr(shared.trunk, "pretrained_cfg", None) or {})
     trunk_tensors = shared.trunk_state_dict()
     num_params = sum(v.numel() for k, v in trunk_tensors.items() if not k.endswith(("running_mean", "running_var")))
     cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}

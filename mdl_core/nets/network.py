@@ -157,13 +157,15 @@ class MultiDomainNet(nn.Module):
                 module = module.get_submodule(path[len(owner) + 1:])
         return getattr(module, leaf)
 
+    def _shared_tensors(self) -> dict[str, torch.Tensor]:
+        """The trunk tensors no domain owns a copy of, live."""
+        return {k: self._trunk_tensor(k, None) for k in self._trunk_keys if k.rpartition(".")[0] not in self._owner}
+
     def shared_state_dict(self) -> dict[str, torch.Tensor]:
-        return self._export({k: self._trunk_tensor(k, None) for k in self._trunk_keys
-                             if k.rpartition(".")[0] not in self._owner})
+        return self._export(self._shared_tensors())
 
     def load_shared_state_dict(self, tensors: dict) -> None:
-        live = {k: self._trunk_tensor(k, None) for k in self._trunk_keys if k.rpartition(".")[0] not in self._owner}
-        self._strict_copy("shared tensors", live, tensors)
+        self._strict_copy("shared tensors", self._shared_tensors(), tensors)
 
     def trunk_state_dict(self, domain: str | None = None) -> dict[str, torch.Tensor]:
         """Canonical, method-independent trunk weights (no head, no adapters) as seen by ``domain``.
