@@ -20,14 +20,34 @@ def import_(
     from_timm: Annotated[bool, typer.Option("--from-timm", help="Download timm's own pretrained weights (needs the network).")] = False,
     source_name: Annotated[str, typer.Option("--source-name", help="Domain name for the weights' own classifier.")] = "imagenet",
     image_size: Annotated[int, typer.Option("--image-size", min=8, help="Shorter side new domains are resized to (crop 64/72 of it).")] = 72,
+    reference: Annotated[Optional[str], typer.Option(
+        "--reference", help="WEIGHTS is a state dict of a paper's reference code: guo2019 (resnet26_dw) or "
+                            "rebuffi2018 (resnet26; parallel/series adapters or bn, detected).")] = None,
+    names: Annotated[Optional[str], typer.Option(
+        "--names", help="With --reference: comma-separated domain names for the checkpoint's tasks, in task order "
+                        "(task 0 becomes the trunk's source domain). Default for one task: imagenet.")] = None,
     threads: Threads = None, home: Home = None, as_json: Json = False,
 ) -> None:
     """Register a pretrained trunk version (with its provenance and preprocessing config)."""
     apply_threads(threads)
-    from mdl.cli.jobs.trunks import import_trunk
+    from mdl.cli.jobs.trunks import import_reference, import_trunk
     from mdl.cli.registry_cmds import open_registry, version_row
 
     reg = open_registry(home)
+    if reference is not None:
+        if weights is None:
+            raise ValueError("--reference needs the checkpoint file as WEIGHTS")
+        trunk, versions = import_reference(reg, weights, layout=reference, image_size=image_size,
+                                           names=[n.strip() for n in names.split(",")] if names else None)
+        result = {"trunk": trunk.label, "num_params": trunk.num_params, "provenance": trunk.provenance,
+                  "domains": [version_row(v) for v in versions]}
+        if as_json:
+            emit_json(result)
+        else:
+            info(f"Registered trunk {trunk.label} and {', '.join(f'{v.name} v{v.version}' for v in versions)}")
+        return
+    if names is not None:
+        raise ValueError("--names only applies with --reference")
     trunk, version = import_trunk(reg, arch=arch, path=weights, from_timm=from_timm, source_name=source_name,
                                   image_size=image_size)
     result = {"trunk": trunk.label, "num_params": trunk.num_params, "provenance": trunk.provenance,

@@ -3,25 +3,30 @@ import pytest
 
 from mdl.core import create_network, list_methods, list_trunks
 
-# ---- resnet26_dw (Guo et al.): stem 3->64, stages 128/256/512, 4 blocks x 2 (dw3x3 -> pw1x1 -> BN)
-STEM_DW = 3 * 64 * 9                                                   # 1,728
-DEPTHWISE = 9 * ((64 + 7 * 128) + (128 + 7 * 256) + (256 + 7 * 512))    # 60,480
+# ---- resnet26_dw (Guo et al.): stem dw3x3 on 3 ch -> pw 3->64 -> BN, stages 128/256/512, 4 blocks x 2
+# (dw3x3 -> pw1x1 -> BN), end BN before pooling (models/resnet.py, models/base.py of the reference)
+STEM_DW_DW, STEM_DW_PW = 3 * 9, 3 * 64                                 # 27, 192
+DEPTHWISE = 9 * ((64 + 7 * 128) + (128 + 7 * 256) + (256 + 7 * 512))    # 60,480 (blocks)
 POINTWISE = ((64 * 128 + 7 * 128 * 128) + (128 * 256 + 7 * 256 * 256)
-             + (256 * 512 + 7 * 512 * 512))                            # 2,580,480
-BN_DW = 2 * (64 + 8 * 128 + 8 * 256 + 8 * 512)                         # 14,464 (gamma+beta)
+             + (256 * 512 + 7 * 512 * 512))                            # 2,580,480 (blocks)
+BN_DW = 2 * (64 + 8 * 128 + 8 * 256 + 8 * 512 + 512)                   # 15,488 (gamma+beta, end BN included)
 LAST_PW = 512 * 512                                                    # 262,144
-TRUNK_DW = STEM_DW + DEPTHWISE + POINTWISE + BN_DW                     # 2,657,152 (no head)
+TRUNK_DW = STEM_DW_DW + STEM_DW_PW + DEPTHWISE + POINTWISE + BN_DW     # 2,656,667 (no head)
 SOURCE_HEAD = 512 * 1000 + 1000                                        # imagenet12 head, 513,000
-DW_DOMAIN = DEPTHWISE + BN_DW + LAST_PW                                # 337,088 (+ head)
+DW_DOMAIN = STEM_DW_DW + DEPTHWISE + BN_DW + LAST_PW                    # 338,139 (+ head)
 
-# ---- resnet26 (decathlon): stem 3->32, stages 64/128/256, 4 blocks x 2 (conv3x3 -> BN)
+# ---- resnet26 (decathlon): stem 3->32, stages 64/128/256, 4 blocks x 2 (conv3x3 -> BN), end BN (models.py)
 STEM_R = 3 * 32 * 9                                                    # 864
 BLOCK_CONV_R = 9 * ((32 * 64 + 7 * 64 * 64) + (64 * 128 + 7 * 128 * 128)
                     + (128 * 256 + 7 * 256 * 256))                     # 5,806,080
 CONV_R = STEM_R + BLOCK_CONV_R                                          # 5,806,944
-BN_R = 2 * (32 + 8 * 64 + 8 * 128 + 8 * 256)                           # 7,232
+BN_R = 2 * (32 + 8 * 64 + 8 * 128 + 8 * 256 + 256)                     # 7,744 (end BN included)
 PARALLEL = CONV_R // 9                                                 # 645,216 (1x1 beside every 3x3, stem too)
 SERIES = (32 * 32 + 8 * 64 * 64 + 8 * 128 * 128 + 8 * 256 * 256) + 2 * (32 + 8 * (64 + 128 + 256))  # 689,152 + 7,232
+
+# ---- the pre-reference networks (v0, kept for old registries): dense stem 3->64, no end BN
+TRUNK_DW_V0 = 3 * 64 * 9 + DEPTHWISE + POINTWISE + 2 * (64 + 8 * 128 + 8 * 256 + 8 * 512)  # 2,657,152
+DW_DOMAIN_V0 = DEPTHWISE + 2 * (64 + 8 * 128 + 8 * 256 + 8 * 512) + LAST_PW                # 337,088
 
 
 def head(c, k):
@@ -29,22 +34,23 @@ def head(c, k):
 
 
 def test_arithmetic_matches_design_numbers():
-    assert (STEM_DW, DEPTHWISE, POINTWISE, BN_DW) == (1_728, 60_480, 2_580_480, 14_464)
-    assert TRUNK_DW == 2_657_152 and TRUNK_DW + SOURCE_HEAD == 3_170_152
-    assert DW_DOMAIN == 337_088
-    assert CONV_R == 5_806_944 and PARALLEL == 645_216 and SERIES == 696_384
+    assert (STEM_DW_DW, STEM_DW_PW, DEPTHWISE, POINTWISE, BN_DW) == (27, 192, 60_480, 2_580_480, 15_488)
+    assert TRUNK_DW == 2_656_667 and TRUNK_DW + SOURCE_HEAD == 3_169_667
+    assert DW_DOMAIN == 338_139
+    assert CONV_R == 5_806_944 and BN_R == 7_744 and PARALLEL == 645_216 and SERIES == 696_384
+    assert TRUNK_DW_V0 == 2_657_152 and DW_DOMAIN_V0 == 337_088
 
 
 def test_registries():
-    assert list_trunks() == ["resnet26", "resnet26_dw"]
+    assert list_trunks() == ["resnet26", "resnet26_dw", "resnet26_dw_v0", "resnet26_v0"]
     assert set(list_methods()) == {"dw", "dw-sharing", "classifier-only", "finetune", "bn",
                                    "parallel-adapter", "series-adapter"}
 
 
 @pytest.mark.parametrize("arch,method,shared,per_domain", [
-    ("resnet26_dw", "dw", STEM_DW + POINTWISE - LAST_PW, DW_DOMAIN),
-    # every dense conv is per-domain under dw-sharing, the dense 3x3 stem included
-    ("resnet26_dw", "dw-sharing", DEPTHWISE, STEM_DW + POINTWISE + BN_DW),
+    ("resnet26_dw", "dw", STEM_DW_PW + POINTWISE - LAST_PW, DW_DOMAIN),
+    # every pointwise conv is per-domain under dw-sharing, the stem's included
+    ("resnet26_dw", "dw-sharing", STEM_DW_DW + DEPTHWISE, STEM_DW_PW + POINTWISE + BN_DW),
     ("resnet26_dw", "classifier-only", TRUNK_DW, 0),
     ("resnet26_dw", "finetune", 0, TRUNK_DW),
     ("resnet26", "classifier-only", CONV_R + BN_R, 0),
@@ -52,26 +58,27 @@ def test_registries():
     ("resnet26", "bn", CONV_R, BN_R),
     ("resnet26", "parallel-adapter", CONV_R, BN_R + PARALLEL),
     ("resnet26", "series-adapter", CONV_R, BN_R + SERIES),
+    ("resnet26_dw_v0", "dw", TRUNK_DW_V0 - DW_DOMAIN_V0, DW_DOMAIN_V0),
 ])
 def test_full_width_counts(arch, method, shared, per_domain):
     net = create_network(arch, method=method, domains={"svhn": 10, "dtd": 47})
-    c = 512 if arch == "resnet26_dw" else 256
+    c = 512 if arch.startswith("resnet26_dw") else 256
     counts = net.parameter_counts()
     assert counts["shared"] == shared
     assert counts["domains"] == {"svhn": per_domain + head(c, 10), "dtd": per_domain + head(c, 47)}
     # the whole trunk is shared + one domain's trunk part, whatever the method
     trunk = sum(v.numel() for k, v in net.trunk_state_dict("svhn").items()
                 if not k.endswith(("running_mean", "running_var")))
-    assert trunk == (TRUNK_DW if arch == "resnet26_dw" else CONV_R + BN_R)
+    assert trunk == {"resnet26_dw": TRUNK_DW, "resnet26": CONV_R + BN_R, "resnet26_dw_v0": TRUNK_DW_V0}[arch]
 
 
 def test_dw_per_domain_fraction():
     """Paper: ~0.3M per domain + head, ~10% of the ~3.0M network. The 3.0M counts the full pretrained
-    network INCLUDING its 1000-class source head (2,657,152 + 513,000 = 3,170,152); against that,
-    337,088 is 10.6%. Against the headless trunk (2,657,152) it would be 12.7%, so the ratio is defined
+    network INCLUDING its 1000-class source head (2,656,667 + 513,000 = 3,169,667); against that,
+    338,139 is 10.7%. Against the headless trunk (2,656,667) it would be 12.7%, so the ratio is defined
     against the full pretrained network."""
     assert DW_DOMAIN / (TRUNK_DW + SOURCE_HEAD) <= 0.12
-    assert abs(DW_DOMAIN / (TRUNK_DW + SOURCE_HEAD) - 0.1063) < 1e-3
+    assert abs(DW_DOMAIN / (TRUNK_DW + SOURCE_HEAD) - 0.1067) < 1e-3
     net = create_network("resnet26_dw", method="dw", domains={"imagenet12": 1000})
     counts = net.parameter_counts()
     total = counts["shared"] + counts["domains"]["imagenet12"]
@@ -82,5 +89,6 @@ def test_dw_per_domain_fraction():
 def test_width_multiplier_shrinks():
     net = create_network("resnet26_dw", method="dw", domains={"a": 3}, width=0.25)
     st = net.trunk_state_dict("a")
-    assert st["stem.conv.weight"].shape == (16, 3, 3, 3)
+    assert st["stem.dw.weight"].shape == (3, 1, 3, 3) and st["stem.pw.weight"].shape == (16, 3, 1, 1)
+    assert st["end_bn.weight"].shape == (128,)
     assert st["s3.b3.pw2.weight"].shape == (128, 128, 1, 1)

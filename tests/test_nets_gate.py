@@ -18,7 +18,7 @@ def make():
     return net.eval()
 
 
-@pytest.mark.parametrize("placement,n_layers", [("early", 8), ("middle", 8), ("late", 8), ("all", 24)])
+@pytest.mark.parametrize("placement,n_layers", [("early", 8), ("middle", 8), ("late", 8), ("all", 25)])  # all: the stem's depthwise too
 def test_one_hot_gate_reproduces_target(placement, n_layers):
     net = make()
     gate = net.add_gate("b", placement=placement)

@@ -77,3 +77,32 @@ def test_open_without_init_names_the_command(home):
         Registry.open(home)
     assert "mdl init" in exc.value.hint
     assert not (home / DB_NAME).exists()
+
+
+def test_0004_keeps_pre_reference_resnet26_trunks_on_the_network_they_were_trained_as(home):
+    """Trunks registered before the ResNet-26 family followed the reference code were built by the
+    earlier definition; the upgrade names them resnet26_v0 / resnet26_dw_v0 and they load exactly."""
+    import torch
+
+    from mdl.cli.jobs.common import NetworkLoader
+    from mdl.core import create_network
+
+    torch.manual_seed(0)
+    old_net = create_network("resnet26_dw_v0", method="dw", domains={"src": 3}, width=0.125).eval()
+    reg, _ = Registry.init(home)
+    # what a 0003-era registry holds: the old network's tensors under the name "resnet26_dw"
+    reg.add_trunk(arch="resnet26_dw", width=0.125, source="src", num_params=1, config={},
+                  tensors=old_net.trunk_state_dict("src"))
+    reg.add_trunk(arch="resnet26", width=0.125, source="src", num_params=1, config={},
+                  tensors=create_network("resnet26_v0", method="bn", domains={"s": 2}, width=0.125).trunk_state_dict("s"))
+    with reg.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0003'")
+    assert Registry.upgrade(home)[0] == "0003"
+    reg = Registry.open(home)
+    assert sorted(t.arch for t in reg.trunks()) == ["resnet26_dw_v0", "resnet26_v0"]
+    trunk = next(t for t in reg.trunks() if t.arch == "resnet26_dw_v0")
+    net = NetworkLoader(reg).network(trunk, "dw")
+    net.load_domain_state_dict("src", old_net.domain_state_dict("src"))
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(net.eval()(x, "src"), old_net(x, "src"))

@@ -103,8 +103,8 @@ def _to_layout1(tensors: dict) -> dict:
     return out
 
 
-@pytest.mark.parametrize("arch,method", [("resnet26", "parallel-adapter"), ("resnet26", "series-adapter"),
-                                         ("resnet26_dw", "dw-sharing"), ("resnet26_dw", "dw")])
+@pytest.mark.parametrize("arch,method", [("resnet26_v0", "parallel-adapter"), ("resnet26_v0", "series-adapter"),
+                                         ("resnet26_dw_v0", "dw-sharing"), ("resnet26_dw_v0", "dw")])  # layout 1 was written by the v0 networks
 def test_layout1_artifacts_load_renamed_with_equal_logits(home, arch, method):
     from sqlalchemy import text
 

@@ -154,10 +154,17 @@ def predict(reg: Registry, default_domain: str, images: list[str], *, top_k: int
                                             "crop": d["crop"]}))
     dev = DeviceSetup.resolve(device)
     dev.prepare(net).eval()
-    with torch.no_grad(), dev.autocast():
-        logits = net(dev.batch(torch.cat(batches)), domain=[name for name, _ in pairs]).float().cpu()
+    # Domains preprocessed to different input sizes (the references' 72 px no-crop domains beside 64 px
+    # crops) cannot share a tensor: one stacked pass per input size.
+    rows: list = [None] * len(pairs)
+    for size in dict.fromkeys(b.shape[-1] for b in batches):
+        ix = [i for i, b in enumerate(batches) if b.shape[-1] == size]
+        with torch.no_grad(), dev.autocast():
+            logits = net(dev.batch(torch.cat([batches[i] for i in ix])), domain=[pairs[i][0] for i in ix]).float().cpu()
+        for i, row in zip(ix, logits):
+            rows[i] = row
     out = []
-    for (name, path), row in zip(pairs, logits):
+    for (name, path), row in zip(pairs, rows):
         v = versions[name]
         probs = row[: v.num_classes].softmax(0)
         top = probs.topk(min(top_k, v.num_classes))

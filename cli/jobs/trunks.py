@@ -108,6 +108,54 @@ def import_trunk(reg: Registry, *, arch: str, path: str | None = None, from_timm
     return trunk, version
 
 
+def import_reference(reg: Registry, path: str, *, layout: str, names: list[str] | None = None,
+                     image_size: int = DEFAULT_IMAGE_SIZE) -> tuple[TrunkRecord, list[DomainVersionRecord]]:
+    """A checkpoint of the papers' reference code (``net.state_dict()`` of their ResNet-26): the shared
+    tensors become a trunk version, task t becomes domain ``names[t]`` (task 0 the trunk's source
+    domain) with the method the checkpoint was trained with. See :mod:`mdl.core.nets.reference`."""
+    from mdl.core import create_network, pretrained
+    from mdl.core.nets.reference import LAYOUTS, load_reference, split_reference_state
+    from mdl.registry.store import check_name
+
+    file = Path(path).expanduser()
+    ckpt = split_reference_state(pretrained.read_state_dict(file), layout)
+    names = list(names or (["imagenet"] if len(ckpt.tasks) == 1 else []))
+    if len(names) != len(ckpt.tasks):
+        raise ValueError(f"the checkpoint holds {len(ckpt.tasks)} tasks: name them in task order with "
+                         f"--names (got {len(names)} name(s))")
+    for n in names:
+        check_name(n)
+    if len(set(names)) != len(names):
+        raise ValueError(f"--names repeats a name: {names}")
+    net = create_network(ckpt.arch, method=ckpt.method, width=ckpt.width)
+    load_reference(net, ckpt, names)  # strict: nothing registered unless every tensor found its place
+    trunk_tensors = net.trunk_state_dict(names[0])
+    num_params = sum(v.numel() for k, v in trunk_tensors.items() if not k.endswith(("running_mean", "running_var")))
+    provenance = {"source": f"file {file.resolve()}", "weights_sha256": sha256_file(file), "library": "reference",
+                  "reference_layout": layout, "read_from": LAYOUTS[layout].read_from}
+    # The references normalise each dataset with its own statistics: new domains compute theirs.
+    config = {"image_size": image_size, "imported": True, "reference_layout": layout}
+    trunk = reg.add_trunk(arch=ckpt.arch, width=ckpt.width, source=names[0], num_params=num_params, config=config,
+                          tensors=trunk_tensors, provenance=provenance)
+    from mdl.core.data.transforms import default_crop
+
+    counts = net.parameter_counts()["domains"]
+    versions = []
+    for t, name in enumerate(names):
+        k = ckpt.num_classes(t)
+        data = {"source": None, "mean": None, "std": None, "image_size": image_size,
+                "crop": default_crop(image_size), "category_ids": None}
+        versions.append(reg.add_domain_version(
+            name=name, method=ckpt.method, num_classes=k, domain_params=counts[name], accuracy=None,
+            trunk_id=trunk.id, classes=[str(i) for i in range(k)], data=data,
+            config={"role": "trunk source" if t == 0 else "imported", "imported": provenance["source"],
+                    "reference_layout": layout, "reference_task": t},
+            tensors=net.domain_state_dict(name)))
+    info(f"Imported {layout} checkpoint as trunk {trunk.label} ({ckpt.arch}, width {ckpt.width:g}, "
+         f"{num_params:,} parameters) and {len(versions)} {ckpt.method} domain(s): {', '.join(names)}")
+    return trunk, versions
+
+
 def _class_names(num_classes: int) -> list[str]:
     if num_classes == 1000:
         from mdl.core.pretrained import imagenet_class_names

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -33,6 +33,26 @@ class LazyImages:
     def __getitem__(self, i: int) -> torch.Tensor:
         img, _ = decode_rgb(self.paths[i])
         return resize_shorter(img, self.image_size)
+
+
+class ConcatImages:
+    """Indexable view over several image containers (tensors, lists, LazyImages), in order."""
+
+    def __init__(self, parts: Sequence):
+        self.parts = list(parts)
+        self.offsets = [0]
+        for p in self.parts:
+            self.offsets.append(self.offsets[-1] + len(p))
+
+    def __len__(self) -> int:
+        return self.offsets[-1]
+
+    def __getitem__(self, i: int):
+        i = int(i)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        k = next(j for j in range(len(self.parts)) if i < self.offsets[j + 1])
+        return self.parts[k][i - self.offsets[k]]
 
 
 class SplitDataset(Dataset):
@@ -135,6 +155,22 @@ class DomainData:
             "problems": list(self.problems),
         }
 
+    def with_crop(self, crop: int) -> "DomainData":
+        """The same images under another crop size (``crop == image_size``: no crop, the references'
+        policy for no-flip domains). Nothing is decoded again."""
+        if not 1 <= crop <= self.image_size:
+            raise DataError(f"crop {crop} must be between 1 and the image size {self.image_size}")
+        splits = {s: SplitDataset(ds.images, ds.labels, crop=crop, mean=ds.mean, std=ds.std, flip=ds.flip,
+                                  train=ds.train) for s, ds in self.splits.items()}
+        return replace(self, crop=crop, splits=splits)
+
+    def merged(self, names: Sequence[str]) -> SplitDataset:
+        """Several splits as one training split (e.g. train+val for a test submission)."""
+        parts = [self.splits[n] for n in names]
+        first = parts[0]
+        return SplitDataset(ConcatImages([p.images for p in parts]), torch.cat([p.labels for p in parts]),
+                            crop=first.crop, mean=first.mean, std=first.std, flip=first.flip, train=True)
+
     def stats(self) -> dict[str, Any]:
         """What a registry stores to preprocess images of this domain later (see `load_images`)."""
         return {"mean": list(self.mean), "std": list(self.std), "image_size": self.image_size,
@@ -191,6 +227,9 @@ def load_images(paths: Sequence[str | Path], dd_or_stats) -> torch.Tensor:
         image_size = int(_stat(dd_or_stats, "image_size"))
     except (KeyError, AttributeError) as exc:
         raise DataError(f"preprocessing statistics are missing {exc}") from None
+    if mean is None or std is None:
+        raise DataError("no normalisation statistics (mean/std) are recorded for this domain: it was imported "
+                        "without them; re-train it with `mdl add-domain` on its data")
     try:
         crop = int(_stat(dd_or_stats, "crop"))
     except (KeyError, AttributeError):

@@ -1,11 +1,22 @@
-"""The decathlon ResNet-26 family, written as ordinary modules (the way timm writes a model file).
+"""The decathlon ResNet-26 family, written as ordinary modules (the way timm writes a model file), as
+the papers' reference code builds it (srebuffi/residual_adapters ``models.py``; yunhuiguo/
+Depthwise_Convolution_for_Multiple_Domain_Learning ``models/resnet.py`` and ``models/base.py``).
 
 ``resnet26`` (Rebuffi et al.): stem 3x3 conv 3->32 + BN, stages 64/128/256 of 4 basic blocks, each
-block conv-BN-ReLU-conv-BN + shortcut, ReLU. ``resnet26_dw`` (Guo et al. 2019): every block 3x3 conv
-depthwise-separable (3x3 depthwise -> 1x1 pointwise -> BN), stem 3->64, stages 128/256/512. Every
-stage starts with stride 2; the shortcut is parameter-free (2x2 average pool + zero-padded channels).
-Module names give the checkpoint keys (``stem.conv.weight``, ``s1.b0.dw1.weight``, ``s3.b3.bn2.*``,
-``head.weight``), the same keys mdl's registry has always stored for these trunks.
+block conv-BN-ReLU-conv-BN + shortcut, ReLU. ``resnet26_dw`` (Guo et al. 2019): every 3x3 conv
+depthwise-separable (3x3 depthwise -> 1x1 pointwise -> BN), the stem too (3x3 depthwise on the 3 input
+channels, 1x1 3->64), stages 128/256/512. Both references: **no ReLU after the stem** (its BN output
+feeds the first block and its shortcut), and an **end BN + ReLU** before global pooling (per domain
+under every method that owns norms). Every stage starts with stride 2; the shortcut is parameter-free
+(2x2 average pool + zero-padded channels; ``ceil_mode`` only matters for odd sizes, which the
+references never see).
+Module names give the checkpoint keys (``stem.conv.weight`` / ``stem.dw.weight``, ``s1.b0.dw1.weight``,
+``s3.b3.bn2.*``, ``end_bn.*``, ``head.weight``); :mod:`mdl.core.nets.reference` maps the reference
+implementations' own key names onto them.
+
+``resnet26_v0`` / ``resnet26_dw_v0`` are the networks mdl built before it followed the references (a ReLU
+after a dense stem, no end BN); they stay so registries trained with them keep loading (migration 0004
+renames those trunks' architecture).
 """
 from __future__ import annotations
 
@@ -32,13 +43,22 @@ def shortcut(x: torch.Tensor, cout: int, downsample: bool) -> torch.Tensor:
 
 
 class Stem(nn.Module):
-    def __init__(self, cout: int):
+    """3x3 conv + BN; ``depthwise``: the conv is a 3x3 depthwise on the input channels then a 1x1
+    pointwise (Guo et al.'s ``SeparableConv2d(3, 64)``). ``relu``: only the pre-reference (v0) networks."""
+
+    def __init__(self, cout: int, depthwise: bool = False, relu: bool = False):
         super().__init__()
-        self.conv = nn.Conv2d(3, cout, 3, padding=1, bias=False)
+        self.depthwise, self.relu = depthwise, relu
+        if depthwise:
+            self.dw = nn.Conv2d(3, 3, 3, padding=1, groups=3, bias=False)
+            self.pw = nn.Conv2d(3, cout, 1, bias=False)
+        else:
+            self.conv = nn.Conv2d(3, cout, 3, padding=1, bias=False)
         self.bn = nn.BatchNorm2d(cout)
 
     def forward(self, x):
-        return F.relu(self.bn(self.conv(x)))
+        y = self.bn(self.pw(self.dw(x)) if self.depthwise else self.conv(x))
+        return F.relu(y) if self.relu else y
 
 
 class BasicBlock(nn.Module):
@@ -68,10 +88,10 @@ class BasicBlock(nn.Module):
 
 class ResNet26(nn.Module):
     def __init__(self, stem: int, stages: tuple, depthwise: bool, width: float = 1.0, num_classes: int = 1000,
-                 blocks_per_stage: int = 4):
+                 blocks_per_stage: int = 4, reference: bool = True):
         super().__init__()
         c = _ch(stem, width)
-        self.stem = Stem(c)
+        self.stem = Stem(c, depthwise=depthwise and reference, relu=not reference)
         for s, cs in enumerate(stages, start=1):
             cout = _ch(cs, width)
             blocks = OrderedDict()
@@ -80,12 +100,14 @@ class ResNet26(nn.Module):
                 c = cout
             self.add_module(f"s{s}", nn.Sequential(blocks))
         self.num_features = c
+        self.end_bn = nn.BatchNorm2d(c) if reference else None
         self.head = nn.Linear(c, num_classes)
         self.pretrained_cfg = {"classifier": "head"}
         _init(self)
 
     def forward_features(self, x):
-        return self.s3(self.s2(self.s1(self.stem(x))))
+        x = self.s3(self.s2(self.s1(self.stem(x))))
+        return F.relu(self.end_bn(x)) if self.end_bn is not None else x
 
     def forward(self, x):
         return self.head(self.forward_features(x).mean((2, 3)))
@@ -112,7 +134,7 @@ def _init(model: nn.Module) -> None:
 
 @register_trunk("resnet26_dw")
 def resnet26_dw(width: float = 1.0, num_classes: int = 1000) -> ResNet26:
-    """Guo et al. 2019: decathlon ResNet-26 with every block 3x3 conv depthwise-separable."""
+    """Guo et al. 2019: decathlon ResNet-26 with every 3x3 conv depthwise-separable, the stem's too."""
     return ResNet26(64, (128, 256, 512), depthwise=True, width=width, num_classes=num_classes)
 
 
@@ -120,3 +142,15 @@ def resnet26_dw(width: float = 1.0, num_classes: int = 1000) -> ResNet26:
 def resnet26(width: float = 1.0, num_classes: int = 1000) -> ResNet26:
     """Rebuffi et al.: decathlon ResNet-26 with plain 3x3 convs."""
     return ResNet26(32, (64, 128, 256), depthwise=False, width=width, num_classes=num_classes)
+
+
+@register_trunk("resnet26_dw_v0")
+def resnet26_dw_v0(width: float = 1.0, num_classes: int = 1000) -> ResNet26:
+    """mdl's resnet26_dw before it followed the reference (dense stem + ReLU, no end BN): old registries."""
+    return ResNet26(64, (128, 256, 512), depthwise=True, width=width, num_classes=num_classes, reference=False)
+
+
+@register_trunk("resnet26_v0")
+def resnet26_v0(width: float = 1.0, num_classes: int = 1000) -> ResNet26:
+    """mdl's resnet26 before it followed the reference (ReLU after the stem, no end BN): old registries."""
+    return ResNet26(32, (64, 128, 256), depthwise=False, width=width, num_classes=num_classes, reference=False)
