@@ -38,6 +38,27 @@ class Split(str, Enum):
     test = "test"
 
 
+class GateScope(str, Enum):  # mdl.core.nets.gate.SCOPES
+    gate = "gate"
+    gate_domain = "gate+domain"
+
+
+class RecipeName(str, Enum):  # mdl.core.recipes.PUBLISHED_RECIPES
+    mdl = "mdl"
+    guo2019 = "guo2019"
+    rebuffi2018 = "rebuffi2018"
+
+
+class WdGroups(str, Enum):  # mdl.core.recipes.WD_GROUPS
+    guo = "guo"
+    rebuffi = "rebuffi"
+
+
+class TrainOn(str, Enum):  # mdl.core.recipes.TRAIN_ON
+    train = "train"
+    train_val = "train+val"
+
+
 Data = Annotated[str, typer.Option("--data", help="Decathlon folder, ImageFolder tree, or builtin:NAME.")]
 Epochs = Annotated[int, typer.Option("--epochs", min=1, help="Training epochs (lr decays x0.1 at 50% and 75%).")]
 Lr = Annotated[float, typer.Option("--lr", help="Initial SGD learning rate.")]
@@ -98,28 +119,44 @@ def register(app: typer.Typer) -> None:
         trunk: Annotated[Optional[str], typer.Option("--trunk", help="ARCH or ARCH:vN (default: newest compatible; a fresh registry imports timm/tf_efficientnet_lite0).")] = None,
         source_domain: Annotated[Optional[str], typer.Option("--domain", help="Which domain of SRC to read (a decathlon folder holds several; default: NAME).")] = None,
         epochs: Epochs = 10, lr: Lr = 0.1, batch_size: BatchSize = 64,
-        wd: Annotated[Optional[float], typer.Option("--wd", min=0.0, help="Weight decay (default: per dataset).")] = None,
+        wd: Annotated[Optional[float], typer.Option("--wd", min=0.0, help="Weight decay (default: per dataset; "
+                                                    "with --wd-groups rebuffi the norms' and classifier's, 5e-4).")] = None,
+        recipe: Annotated[RecipeName, typer.Option("--recipe", help="Published recipe: mdl (one input size for all "
+                          "domains), guo2019 or rebuffi2018 (the references' per-domain preprocessing; guo2019 adds "
+                          "dropout 0.5 for gtsrb, ucf101, daimlerpedcls).")] = RecipeName.mdl,
+        wd_groups: Annotated[Optional[WdGroups], typer.Option("--wd-groups", help="Weight-decay grouping: guo (one "
+                             "per-dataset decay; default) or rebuffi (by kernel: 3x3 1e-4, 1x1 1e-4, the rest --wd).")] = None,
+        train_on: Annotated[TrainOn, typer.Option("--train-on", help="train (pick the best epoch on val) or "
+                            "train+val (fixed epochs, no validation: for a test submission).")] = TrainOn.train,
         device: DeviceOpt = Device.auto, threads: Threads = None, workers: Workers = 0, seed: Seed = 0,
         on_bad_image: BadImage = OnBadImage.fail, resume: Resume = False, home: Home = None, as_json: Json = False,
     ) -> None:
         """Train and register a new version of domain NAME against the frozen trunk."""
         _check_data(data)
         apply_threads(threads)
+        from dataclasses import replace
+
         from mdl.cli.jobs.train import add_domain as run
 
         reg = open_registry(home)
-        version = run(reg, name, data, method=method, trunk=trunk, source_domain=source_domain,
-                      opts=_train_options(epochs, lr, batch_size, device, workers, seed, on_bad_image, resume, wd))
+        opts = replace(_train_options(epochs, lr, batch_size, device, workers, seed, on_bad_image, resume, wd),
+                       recipe=recipe.value, wd_groups=wd_groups.value if wd_groups else None, train_on=train_on.value)
+        version = run(reg, name, data, method=method, trunk=trunk, source_domain=source_domain, opts=opts)
         if as_json:
             emit_json(version_row(version))
         else:
+            acc = (f"{version.accuracy:.2f}% validation accuracy" if version.accuracy is not None else
+                   f"trained on {train_on.value} for {epochs} epochs (no held-out validation)")
             info(f"Registered {version.name} v{version.version} ({version.method}, {version.domain_params:,} own "
-                 f"parameters): {version.accuracy:.2f}% validation accuracy")
+                 f"parameters): {acc}")
 
     @app.command("gate-train")
     def gate_train(
         domain: Annotated[Optional[list[str]], typer.Option("--domain", help="Target domain (repeatable; default: all dw domains).")] = None,
         placement: Annotated[Placement, typer.Option("--placement", help="Gated stages (paper Table 3).")] = Placement.all,
+        scope: Annotated[GateScope, typer.Option("--scope", help="gate: only the gate trains (the paper's text); "
+                         "gate+domain: also the target's norms, last pointwise conv, end BN and head (the released "
+                         "code), registered as a new version of the target.")] = GateScope.gate,
         epochs: Epochs = 10, lr: Lr = 0.1, batch_size: BatchSize = 64,
         device: DeviceOpt = Device.auto, threads: Threads = None, workers: Workers = 0, seed: Seed = 0, home: Home = None, as_json: Json = False,
     ) -> None:
@@ -129,10 +166,11 @@ def register(app: typer.Typer) -> None:
 
         reg = open_registry(home)
         opts = GateOptions(placement=placement.value, epochs=epochs, lr=lr, batch_size=batch_size,
-                           device=device.value, workers=workers, seed=seed)
+                           device=device.value, workers=workers, seed=seed, scope=scope.value)
         targets = gate_targets(reg, domain)
         gates = [train_gate(reg, t, opts) for t in targets]
         rows = [{"name": g.target.name, "version": g.target.version, "gate": g.version, "placement": g.placement,
+                 "scope": g.config.get("scope", "gate"),
                  "accuracy_with_gate": g.accuracy, "accuracy_without_gate": g.base_accuracy} for g in gates]
         if as_json:
             emit_json(rows)
@@ -205,10 +243,10 @@ def register(app: typer.Typer) -> None:
 
 def score_table(report: dict) -> Table:
     table = Table(title=f"Decathlon score on {report['split']}: {report['total']:.0f}", title_justify="left")
-    for col in ("domain", "v", "method", "accuracy", "baseline", "score", "gate", "basis"):
+    for col in ("domain", "v", "method", "trained on", "accuracy", "baseline", "score", "gate", "basis"):
         table.add_column(col, justify="right" if col in ("v", "accuracy", "baseline", "score") else "left")
     for r in report["domains"]:
-        table.add_row(r["name"], str(r["version"]), r["method"],
+        table.add_row(r["name"], str(r["version"]), r["method"], r.get("trained_on") or "-",
                       "-" if r["accuracy"] is None else f"{r['accuracy']:.2f}",
                       "-" if r["baseline"] is None else f"{r['baseline']:.2f}",
                       "-" if r["score"] is None else f"{r['score']:.0f}", r["gate"] or "", r["score_basis"])

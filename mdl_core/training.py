@@ -163,7 +163,7 @@ def fit(
     net: nn.Module,
     params: Callable[[], list[nn.Parameter]],
     train_loader: Iterable,
-    val_loader: Iterable,
+    val_loader: Iterable | None,
     recipe: Recipe,
     dev: DeviceSetup,
     *,
@@ -175,8 +175,9 @@ def fit(
     progress=None,
     train_mode: Callable[[], None] | None = None,
 ) -> FitResult:
-    """Train `params()` for `recipe.epochs`, evaluate on `val_loader` after each epoch, restore the best
-    epoch's tensors at the end. With `resume`, continue from `checkpoint` (bit-for-bit state)."""
+    """Train `params()` (parameters, or optimizer groups with their own weight decay) for `recipe.epochs`,
+    evaluate on `val_loader` after each epoch, restore the best epoch's tensors at the end; with no
+    `val_loader` keep the last epoch (best_accuracy NaN). With `resume`, continue from `checkpoint`."""
     forward_kw = forward_kw or {}
     start, best_acc, best_epoch, history, best, tensors = 0, -1.0, 0, [], None, {}
     if resume:
@@ -186,8 +187,12 @@ def fit(
         start, best_acc, best_epoch, history = state["epoch"], state["best_accuracy"], state["best_epoch"], state["history"]
         restore({k[4:]: v for k, v in tensors.items() if k.startswith("cur/")})
         best = {k[5:]: v for k, v in tensors.items() if k.startswith("best/")}
-    params = params()  # asked for after a restore, which may have replaced the tensors
-    opt = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+    groups = params()  # asked for after a restore, which may have replaced the tensors
+    if groups and isinstance(groups[0], dict):  # weight-decay groups (recipes.weight_decay_groups)
+        params = [p for g in groups for p in g["params"]]
+    else:
+        params, groups = list(groups), list(groups)
+    opt = torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
     if resume:
         for i, p in enumerate(params):
             if f"opt/{i}" in tensors:
@@ -230,11 +235,13 @@ def fit(
                     f"acc {100 * correct / count:.1f} {rate:.0f} img/s"))
         train_time += time.perf_counter() - t0
         seen += count
-        val_acc, _ = accuracy(net, val_loader, dev, **forward_kw)
+        # no validation split (training on train+val): fixed epochs, the last one is kept
+        val_acc = accuracy(net, val_loader, dev, **forward_kw)[0] if val_loader is not None else None
         history.append({"epoch": epoch + 1, "lr": recipe.lr_at(epoch), "train_loss": loss_sum / max(count, 1),
                         "train_accuracy": 100.0 * correct / max(count, 1), "val_accuracy": val_acc})
         current = snapshot()
-        if val_acc > best_acc:
+        if val_acc is None or val_acc > best_acc:
+            val_acc = float("nan") if val_acc is None else val_acc
             best_acc, best_epoch, best = val_acc, epoch + 1, {k: v.detach().clone() for k, v in current.items()}
         if checkpoint is not None:
             tensors = {f"cur/{k}": v for k, v in current.items()}

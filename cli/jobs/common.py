@@ -153,13 +153,22 @@ def data_record(dd, src: str, seed: int) -> dict:
     }
 
 
-def loaders(dd, batch_size: int, workers: int, seed: int):
+def loaders(dd, batch_size: int, workers: int, seed: int, train_on: str = "train"):
+    """(train loader, validation loader). ``train_on="train+val"``: one training split of both and no
+    validation loader (None): the run keeps its last epoch."""
+    from dataclasses import replace
+
     from mdl.core.data import make_loader
 
     if "val" not in dd.splits or len(dd.splits["val"]) == 0:
-        raise ValueError(f"{dd.source} has no validation images; a validation split is needed to pick the best epoch")
+        raise ValueError(f"{dd.source} has no validation images; a validation split is needed to pick the best epoch"
+                         if train_on == "train" else f"{dd.source} has no validation images to train on")
+    if train_on == "train+val":
+        dd = replace(dd, splits={**dd.splits, train_on: dd.merged(["train", "val"])})
     # a last batch of one sample cannot give batch-norm statistics where the trunk pools to 1x1: drop it
-    lone = len(dd.splits["train"]) % batch_size == 1 and len(dd.splits["train"]) > 1
-    train = make_loader(dd, "train", batch_size, train=True, workers=workers, seed=seed, drop_last=lone)
+    lone = len(dd.splits[train_on]) % batch_size == 1 and len(dd.splits[train_on]) > 1
+    train = make_loader(dd, train_on, batch_size, train=True, workers=workers, seed=seed, drop_last=lone)
+    if train_on == "train+val":
+        return train, None
     val = make_loader(dd, "val", max(batch_size, 256), train=False, workers=workers)
     return train, val

@@ -59,6 +59,15 @@ def score(reg: Registry, *, split: str = "val", results: Path | None = None, dev
             rows.append({"name": v.name, "version": v.version, "method": v.method, "accuracy": None, "gate": None,
                          "num_samples": 0, "note": f"its data has no {split} split"})
             continue
+        trained_on = v.config.get("trained_on", "train")
+        if split in trained_on.split("+"):  # not held out: no accuracy, no score, no evaluation
+            rows.append({"name": v.name, "version": v.version, "method": v.method, "accuracy": None, "gate": None,
+                         "num_samples": 0, "trained_on": trained_on,
+                         "note": f"trained on {trained_on}: its {split} split is not held out"})
+            if dd.kind == "decathlon" and results is not None:
+                raise ValueError(f"{v.name} v{v.version} was trained on its {split} split; a submission of {split} "
+                                 "predictions would be meaningless")
+            continue
         gate = reg.current_gate(v.id)
         use_gate = gate is not None and gate.accuracy is not None and gate.base_accuracy is not None \
             and gate.accuracy > gate.base_accuracy
@@ -85,7 +94,7 @@ def score(reg: Registry, *, split: str = "val", results: Path | None = None, dev
                 submission += _results_entries(v, dd, split, predictions)
                 in_submission.append(v.name)
         rows.append({"name": v.name, "version": v.version, "method": v.method, "accuracy": acc if n else None,
-                     "gate": (f"{gate.placement} (v{gate.version})" if use_gate else
+                     "trained_on": trained_on, "gate": (f"{gate.placement} (v{gate.version})" if use_gate else
                               "not used: no gain on val" if gate is not None else None),
                      "num_samples": n})
     references = {v.name: v.reference_accuracy for v in versions if v.reference_accuracy is not None}
@@ -101,10 +110,18 @@ def score(reg: Registry, *, split: str = "val", results: Path | None = None, dev
         challenge = list(decathlon_facts()["domains"])
         official = [official_names[n] for n in in_submission]
         report["results"] = {"file": str(results), "predictions": len(submission), "domains": in_submission,
+                             "trained_on": {r["name"]: r.get("trained_on") for r in rows if r["name"] in in_submission},
                              "missing_challenge_domains": [d for d in challenge if d not in official]}
         tmp = results.with_name(f".{results.name}.tmp")
         tmp.write_text(json.dumps(submission))
         os.replace(tmp, results)
+        # The challenge's file is a bare list; what produced it (versions, splits trained on) goes beside it.
+        by_row = {r["name"]: r for r in rows}
+        side = results.with_name(f"{results.name}.mdl.json")
+        side.write_text(json.dumps({"split": split, "results": results.name, "domains": {
+            n: {"version": by_row[n]["version"], "method": by_row[n]["method"], "trained_on": by_row[n]["trained_on"]}
+            for n in in_submission}}, indent=1))
+        report["results"]["provenance_file"] = str(side)
         info(f"Wrote {len(submission)} predictions for {len(in_submission)} decathlon domain(s) to {results}")
         if report["results"]["missing_challenge_domains"]:
             info(f"[yellow]note:[/] the challenge expects all 10 domains; missing: "

@@ -1,5 +1,7 @@
 """`mdl gate-train`: a soft-sharing gate per target domain over every registered `dw` domain of its
-trunk (paper eq. 8-9). All filters stay frozen; only the gate MLPs train."""
+trunk (paper eq. 8-9). Filters stay frozen. Scope ``gate`` (the paper's text): only the gate MLPs train.
+Scope ``gate+domain`` (the released code): the target's norms, last pointwise conv, end BN and head
+train with it, so the run registers a new version of the target domain and the gate on that version."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ class GateOptions:
     device: str = "auto"
     workers: int = 0
     seed: int = 0
+    scope: str = "gate"  # mdl.core.nets.gate.SCOPES
 
 
 def gate_targets(reg: Registry, names: list[str] | None) -> list[DomainVersionRecord]:
@@ -49,7 +52,8 @@ def train_gate(reg: Registry, target: DomainVersionRecord, opts: GateOptions) ->
     loader = NetworkLoader(reg)
     torch.manual_seed(opts.seed)
     net = loader.network(target.trunk, GATED_METHOD, mixed)
-    net.add_gate(target.name, placement=opts.placement, mixed_domains=[v.name for v in mixed])
+    net.add_gate(target.name, placement=opts.placement, mixed_domains=[v.name for v in mixed], scope=opts.scope)
+    trains_domain = opts.scope == "gate+domain"
     dd = open_version_data(target)
     recipe = Recipe(epochs=opts.epochs, lr=opts.lr, batch_size=opts.batch_size, weight_decay=1e-4,
                     decay_at=(0.5,), seed=opts.seed)  # the paper: 10 epochs, one decay
@@ -58,21 +62,44 @@ def train_gate(reg: Registry, target: DomainVersionRecord, opts: GateOptions) ->
     train_loader, val_loader = loaders(dd, recipe.batch_size, opts.workers, opts.seed)
     base_acc, _ = accuracy(net, val_loader, dev, domain=target.name, use_gate=False)
     digest, key = run_key(job="gate", target=target.id, mixed=[v.id for v in mixed], placement=opts.placement,
-                          recipe=recipe.to_dict())
+                          recipe=recipe.to_dict(), scope=opts.scope)
     checkpoint = Checkpoint(reg.home / "runs" / f"gate-{target.name}-{digest}", key)
-    info(f"Gate for {target.name} v{target.version} ({opts.placement}) over {len(mixed)} domains: "
-         f"{', '.join(v.name for v in mixed)}")
+    info(f"Gate for {target.name} v{target.version} ({opts.placement}, scope {opts.scope}) over {len(mixed)} "
+         f"domains: {', '.join(v.name for v in mixed)}")
+    names = [v.name for v in mixed]
+
+    def snapshot():
+        gate = {f"gate/{k}": t for k, t in net.gate_state_dict(target.name).items()}
+        return gate | ({f"own/{k}": t for k, t in net.domain_state_dict(target.name).items()} if trains_domain else {})
+
+    def restore(t):
+        net.load_gate_state_dict(target.name, {k[5:]: v for k, v in t.items() if k.startswith("gate/")}, names,
+                                 opts.placement, opts.scope)
+        if trains_domain:
+            net.load_domain_state_dict(target.name, {k[4:]: v for k, v in t.items() if k.startswith("own/")})
     with progress() as bar:
         result = fit(net, lambda: net.set_trainable_gate(target.name), train_loader, val_loader, recipe, dev,
-                     snapshot=lambda: net.gate_state_dict(target.name),
-                     restore=lambda t: net.load_gate_state_dict(target.name, t, [v.name for v in mixed], opts.placement),
+                     snapshot=snapshot, restore=restore,
                      forward_kw={"domain": target.name, "use_gate": True}, checkpoint=checkpoint, progress=bar,
-                     train_mode=net.eval)  # frozen BN statistics: nothing but the gate may change
+                     # scope gate: frozen BN statistics, nothing but the gate may change
+                     train_mode=net.train if trains_domain else net.eval)
+    if trains_domain:  # the target's tensors changed: they are a new version, the gate belongs to it
+        base_acc, _ = accuracy(net, val_loader, dev, domain=target.name, use_gate=False)
     net.cpu()
+    if trains_domain:
+        target = reg.add_domain_version(
+            name=target.name, method=target.method, num_classes=target.num_classes,
+            domain_params=net.parameter_counts()["domains"][target.name], accuracy=base_acc,
+            trunk_id=target.trunk.id, classes=list(target.classes), data=target.data,
+            config={"recipe": recipe.to_dict(), "history": result.history, "best_epoch": result.best_epoch,
+                    "trained_with_gate": {"scope": opts.scope, "placement": opts.placement, "from_version": target.version},
+                    "trained_on": target.config.get("trained_on", "train")},
+            tensors=net.domain_state_dict(target.name))
+        mixed = [target if v.name == target.name else v for v in mixed]
     gate = reg.add_gate(target_id=target.id, placement=opts.placement, mixed=[v.id for v in mixed],
                         accuracy=result.best_accuracy, base_accuracy=base_acc,
                         config={"recipe": recipe.to_dict(), "history": result.history, "best_epoch": result.best_epoch,
-                                "mixed_names": [v.name for v in mixed]},
+                                "mixed_names": [v.name for v in mixed], "scope": opts.scope},
                         tensors=net.gate_state_dict(target.name))
     checkpoint.discard()
     return gate

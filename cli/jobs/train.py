@@ -24,13 +24,16 @@ class TrainOptions:
     seed: int = 0
     on_bad_image: str = "fail"
     resume: bool = False
+    recipe: str = "mdl"             # a published recipe: mdl, guo2019, rebuffi2018 (recipes.PUBLISHED_RECIPES)
+    wd_groups: str | None = None    # None: the recipe's
+    train_on: str = "train"         # "train+val": fixed epochs, no validation (a test submission)
 
 
-def _recipe(opts: TrainOptions, weight_decay: float):
+def _recipe(opts: TrainOptions, weight_decay: float, **published):
     from mdl.core.recipes import Recipe
 
     return Recipe(epochs=opts.epochs, lr=opts.lr, batch_size=opts.batch_size, weight_decay=weight_decay,
-                  seed=opts.seed)
+                  seed=opts.seed, train_on=opts.train_on, **published)
 
 
 def _test_accuracy(net, dd, opts, dev, **forward_kw) -> float | None:
@@ -63,7 +66,7 @@ def _fit(net, params, dd, opts: TrainOptions, recipe, checkpoint, *, snapshot, r
 
     dev = DeviceSetup.resolve(opts.device)
     dev.prepare(net)
-    train_loader, val_loader = loaders(dd, recipe.batch_size, opts.workers, opts.seed)
+    train_loader, val_loader = loaders(dd, recipe.batch_size, opts.workers, opts.seed, train_on=recipe.train_on)
     torch.manual_seed(opts.seed)
     with progress() as bar:
         result = fit(net, params, train_loader, val_loader, recipe, dev, snapshot=snapshot, restore=restore,
@@ -127,43 +130,57 @@ def add_domain(reg: Registry, name: str, src: str, *, method: str, trunk: str | 
                opts: TrainOptions, source_domain: str | None = None) -> DomainVersionRecord:
     """Train `name`'s own tensors against the frozen trunk and register them as a new version.
     `source_domain`: which domain of `src` to read (a decathlon folder holds ten; default: `name`)."""
-    from mdl.core.recipes import default_weight_decay
+    from mdl.core.recipes import REBUFFI_DECAY_OTHER, default_weight_decay, published_recipe, weight_decay_groups
 
     check_name(name)
+    published = published_recipe(opts.recipe)
+    wd_groups = opts.wd_groups or published.wd_groups
+    _recipe(opts, 0.0, wd_groups=wd_groups)  # bad options fail before any data is read
     reg.check_writable()
     trunk_rec = pick_trunk(reg, method, trunk)
     # a pretrained trunk's weights expect its own normalisation; a trunk pretrained here, the data's
     dd = open_data(src, source_domain or name, image_size=trunk_rec.config["image_size"], on_bad_image=opts.on_bad_image,
                    seed=opts.seed, mean_std=trunk_mean_std(trunk_rec))
+    if published.preprocessing == "reference" and not dd.flip:  # the references feed these domains whole
+        dd = dd.with_crop(dd.image_size)
     import torch
 
     torch.manual_seed(opts.seed)  # the new head's initialisation
     net = NetworkLoader(reg).network(trunk_rec, method)
     net.add_domain(name, dd.num_classes)
-    wd = opts.weight_decay if opts.weight_decay is not None else default_weight_decay(dd.name, len(dd.splits["train"]))
-    recipe = _recipe(opts, wd)
+    if opts.weight_decay is not None:
+        wd = opts.weight_decay
+    elif wd_groups == "rebuffi":  # their --wd: the classifier's and the norms' decay
+        wd = REBUFFI_DECAY_OTHER
+    else:
+        wd = default_weight_decay(dd.name, len(dd.splits["train"]))
+    recipe = _recipe(opts, wd, name=published.name, wd_groups=wd_groups, dropout=published.dropout.get(dd.name, 0.0))
+    net.set_head_dropout(name, recipe.dropout)
     record = data_record(dd, src, opts.seed)
     key = {"job": "add-domain", "name": name, "method": method, "trunk": trunk_rec.id, "data": record["fingerprint"],
            "recipe": recipe.to_dict()}
     checkpoint = _checkpoint(reg, name, key, opts.resume)
     info(f"Adding {name} ({method}) on trunk {trunk_rec.label}: {dd.num_classes} classes, "
-         f"{len(dd.splits['train'])} train / {len(dd.splits['val'])} val images, wd {wd:g}")
+         f"{len(dd.splits['train'])} train / {len(dd.splits['val'])} val images, trained on {recipe.train_on}, "
+         f"recipe {recipe.name} (wd {wd:g}, {wd_groups} groups, dropout {recipe.dropout:g}, "
+         f"{dd.crop}px inputs)")
     result, dev = _fit(
-        net, lambda: net.set_trainable(name), dd, opts, recipe, checkpoint,
+        net, lambda: weight_decay_groups(net.set_trainable(name), wd_groups, wd), dd, opts, recipe, checkpoint,
         snapshot=lambda: net.domain_state_dict(name),
         restore=lambda t: net.load_domain_state_dict(name, t), forward_kw={"domain": name})
     test_acc = _test_accuracy(net, dd, opts, dev, domain=name)
     net.cpu()
+    val_acc = None if math.isnan(result.best_accuracy) else result.best_accuracy  # NaN: val was trained on
     version = reg.add_domain_version(
         name=name, method=method, num_classes=dd.num_classes, domain_params=net.parameter_counts()["domains"][name],
-        accuracy=result.best_accuracy, trunk_id=trunk_rec.id, classes=list(dd.classes), data=record,
+        accuracy=val_acc, trunk_id=trunk_rec.id, classes=list(dd.classes), data=record,
         config={"recipe": recipe.to_dict(), "history": result.history, "best_epoch": result.best_epoch,
-                "test_accuracy": test_acc, "train_images_per_s": result.images_per_s, "device": str(dev.device),
-                "resumed_from_epoch": result.resumed_from},
+                "trained_on": recipe.train_on, "test_accuracy": test_acc, "train_images_per_s": result.images_per_s,
+                "device": str(dev.device), "resumed_from_epoch": result.resumed_from},
         tensors=net.domain_state_dict(name),
         # An individually fine-tuned network is what the official decathlon baselines are: record it as the
         # domain's reference so `mdl score` can score custom domains.
-        reference_accuracy=result.best_accuracy if method == "finetune" else None)
+        reference_accuracy=val_acc if method == "finetune" else None)
     checkpoint.discard()
     return version
 

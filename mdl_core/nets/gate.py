@@ -14,6 +14,11 @@ import torch
 from torch import nn
 
 PLACEMENTS = ("early", "middle", "late", "all")
+# What trains with a gate. ``gate``: the gate MLPs only, every norm frozen at its running statistics (the
+# paper's text). ``gate+domain``: also the target's own parameters except its depthwise filters -- norms
+# (batch statistics), the last pointwise conv, the end BN, the classifier -- as the released
+# ``main_sharing.py`` does (it freezes every 3x3 kernel and every 1x1 but the 25th).
+SCOPES = ("gate", "gate+domain")
 
 
 def thirds(paths: list[str]) -> dict[str, list[str]]:
@@ -45,10 +50,12 @@ class GateMLP(nn.Module):
 
 
 class GateSet(nn.Module):
-    def __init__(self, layers: dict[str, int], placement: str, mixed_domains: list[str]):
+    def __init__(self, layers: dict[str, int], placement: str, mixed_domains: list[str], scope: str = "gate"):
         """``layers``: gated depthwise layer path -> its input channels."""
         super().__init__()
-        self.placement = placement
+        if scope not in SCOPES:
+            raise ValueError(f"unknown gate scope {scope!r}; valid: {', '.join(SCOPES)}")
+        self.placement, self.scope = placement, scope
         self.mixed_domains = list(mixed_domains)
         self.mlps = nn.ModuleDict({k.replace(".", "__"): GateMLP(c, len(self.mixed_domains))
                                    for k, c in layers.items()})

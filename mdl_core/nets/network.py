@@ -98,6 +98,14 @@ class MultiDomainNet(nn.Module):
             w.add(name, dev, dt, num_classes=int(num_classes))
         self.train(self.training)  # new copies follow the network's mode
 
+    def set_head_dropout(self, name: str, p: float) -> None:
+        """Dropout (rate ``p``, training only) on ``name``'s pooled features before its classifier:
+        Guo et al.'s recipe for gtsrb, ucf101 and daimlerpedcls."""
+        self._check_domain(name)
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {p}")
+        self.head.dropout[name] = float(p)
+
     def remove_domain(self, name: str) -> None:
         self._check_domain(name)
         for w in self.wrappers.values():
@@ -224,7 +232,8 @@ class MultiDomainNet(nn.Module):
                 "gates": {n: sum(p.numel() for p in g.parameters()) for n, g in self.gates.items()}}
 
     # ------------------------------------------------------------------ gates
-    def add_gate(self, target: str, placement: str = "all", mixed_domains: Iterable[str] | None = None):
+    def add_gate(self, target: str, placement: str = "all", mixed_domains: Iterable[str] | None = None,
+                 scope: str = "gate"):
         if not self.method_impl.gateable:
             raise ValueError(f"soft-sharing gates need method 'dw', this network uses {self.method!r}")
         self._check_domain(target)
@@ -237,7 +246,7 @@ class MultiDomainNet(nn.Module):
             raise ValueError(f"gate for {target!r}: duplicate mixed domains {mixed}")
         paths = gated_paths(self.trunk, self.layout.depthwise, placement)
         layers = {p: self.wrappers[p].template.in_channels for p in paths}
-        self.gates[target] = GateSet(layers, placement, mixed).to(self._anchor.device)
+        self.gates[target] = GateSet(layers, placement, mixed, scope).to(self._anchor.device)
         return self.gates[target]
 
     def _check_gate(self, target: str) -> GateSet:
@@ -249,8 +258,12 @@ class MultiDomainNet(nn.Module):
         return list(self._check_gate(target).parameters())
 
     def set_trainable_gate(self, target: str) -> list[nn.Parameter]:
-        """requires_grad True only for ``target``'s gate; returns its parameters."""
-        return self._train_only(self.gate_parameters(target))
+        """requires_grad True only for what the gate's scope trains (see gate.SCOPES); returns them."""
+        params = self.gate_parameters(target)
+        if self.gates[target].scope == "gate+domain":
+            params += [p for path, w in self.wrappers.items() if path not in self.layout.depthwise
+                       for p in w.domain_params(target)]
+        return self._train_only(params)
 
     def gate_meta(self, target: str) -> dict:
         return self._check_gate(target).meta()
@@ -258,8 +271,9 @@ class MultiDomainNet(nn.Module):
     def gate_state_dict(self, target: str) -> dict[str, torch.Tensor]:
         return self._export(self._check_gate(target).flat_state())
 
-    def load_gate_state_dict(self, target: str, tensors: dict, mixed_domains: list[str], placement: str):
-        gate = self.add_gate(target, placement, mixed_domains)
+    def load_gate_state_dict(self, target: str, tensors: dict, mixed_domains: list[str], placement: str,
+                             scope: str = "gate"):
+        gate = self.add_gate(target, placement, mixed_domains, scope)
         self._strict_copy(f"gate {target!r}", gate.flat_state(), tensors)
 
     # ------------------------------------------------------------------ adapter fusion
@@ -303,7 +317,8 @@ class MultiDomainNet(nn.Module):
                 for d in gate.mixed_domains:
                     if d not in self.head.domains:
                         raise KeyError(f"gate for {domain!r} mixes domain {d!r}, which is no longer registered")
-            r.domain, r.gate, r.frozen_stats = domain, gate, gate is not None
+            # a gate trained with its domain's norms (scope gate+domain) updates their statistics in training
+            r.domain, r.gate, r.frozen_stats = domain, gate, gate is not None and gate.scope == "gate"
             try:
                 return self.trunk(x)
             finally:

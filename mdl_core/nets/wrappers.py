@@ -19,6 +19,7 @@ import copy
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import layers
@@ -192,7 +193,13 @@ class PerDomainNorm(PerDomain):
 
 class PerDomainHead(PerDomain):
     """The classifier per domain, each with its own class count. A mixed batch gives a tensor padded
-    with -inf beyond each sample's own classes (argmax, softmax, top-k and cross-entropy work as is)."""
+    with -inf beyond each sample's own classes (argmax, softmax, top-k and cross-entropy work as is).
+    ``dropout[domain]``: dropout on the pooled features before that domain's classifier, in training
+    only (a recipe setting, not a tensor: it is recorded with the run, not in the artifact)."""
+
+    def __init__(self, template: nn.Module, router: Router, path: str):
+        super().__init__(template, router, path)
+        self.dropout: dict[str, float] = {}
 
     def add(self, name: str, device, dtype, num_classes: int | None = None) -> None:
         head = nn.Linear(self.template.in_features, int(num_classes), bias=True)
@@ -200,14 +207,22 @@ class PerDomainHead(PerDomain):
         nn.init.zeros_(head.bias)
         self.domains[name] = head.to(device=device, dtype=dtype)
 
+    def remove(self, name: str) -> None:
+        super().remove(name)
+        self.dropout.pop(name, None)
+
+    def _drop(self, d: str, x):
+        p = self.dropout.get(d, 0.0) if self.training else 0.0
+        return F.dropout(x, p, training=True) if p > 0 else x
+
     def forward(self, x):
         r = self.router
         if r.domain is not None:
-            return self.domains[r.domain](x)
+            return self.domains[r.domain](self._drop(r.domain, x))
         maxk = max(self.domains[d].out_features for d, _ in r.groups)
         out = None
         for d, ix in r.groups:
-            y = self.domains[d](x.index_select(0, ix))
+            y = self.domains[d](self._drop(d, x.index_select(0, ix)))
             if out is None:
                 out = y.new_full((x.shape[0], maxk), float("-inf"))
             out[ix, : y.shape[1]] = y
