@@ -73,6 +73,7 @@ def test_dropout_before_the_classifier_in_training_only():
     with pytest.raises(ValueError, match="dropout"):
         net.set_head_dropout("gtsrb", 1.0)
     assert PUBLISHED_RECIPES["guo2019"].dropout == {"gtsrb": 0.5, "ucf101": 0.5, "daimlerpedcls": 0.5}
+    assert PUBLISHED_RECIPES["guo2019"].weight_decay == {"svhn": 2e-4, "vgg-flowers": 1e-4}  # main.py, not the text
     with pytest.raises(ValueError, match="unknown recipe"):
         published_recipe("nope")
     with pytest.raises(ValueError, match="--train-on"):

@@ -153,7 +153,7 @@ def add_domain(reg: Registry, name: str, src: str, *, method: str, trunk: str | 
     elif wd_groups == "rebuffi":  # their --wd: the classifier's and the norms' decay
         wd = REBUFFI_DECAY_OTHER
     else:
-        wd = default_weight_decay(dd.name, len(dd.splits["train"]))
+        wd = published.weight_decay.get(dd.name) or default_weight_decay(dd.name, len(dd.splits["train"]))
     recipe = _recipe(opts, wd, name=published.name, wd_groups=wd_groups, dropout=published.dropout.get(dd.name, 0.0))
     net.set_head_dropout(name, recipe.dropout)
     record = data_record(dd, src, opts.seed)

@@ -44,8 +44,8 @@ from .wrappers import NBT
 Mapped = tuple[str, int | None]  # (mdl key, task index or None for shared)
 
 
-def _rebuffi_conv(prefix: str, rest: str) -> Mapped | None:
-    """Keys inside one ``conv_task`` (conv + per-task BN / adapters), onto conv ``prefix`` + its BN."""
+def _rebuffi_conv(prefix: tuple[str, str], rest: str) -> Mapped | None:
+    """Keys inside one ``conv_task`` (conv + per-task BN / adapters), onto ``prefix`` = (conv path, BN path)."""
     conv, bn = prefix
     m = re.fullmatch(r"conv\.weight", rest)
     if m:
