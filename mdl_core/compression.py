@@ -86,7 +86,7 @@ class CompressionReport:
 def beta_digest(betas: dict[str, torch.Tensor]) -> str:
     h = hashlib.sha256()
     for path in sorted(betas):
-        t = betas[path].detach().cpu().contiguous()
+        t = betas[path].detach().cpu().reshape(betas[path].shape[0], -1).contiguous()  # K x C_in, however held
         h.update(path.encode())
         h.update(str(tuple(t.shape)).encode())
         h.update(t.numpy().tobytes())
