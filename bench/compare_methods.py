@@ -651,9 +651,9 @@ def group_section(raw: dict, summ: dict) -> list[str]:
     if not labels:
         return []
     cfg = raw["settings"]
-    lines = ["Compression (Rebuffi et al. 2018 §3.4) and joint training (Bilen & Vedaldi 2017), each against the "
-             "row it changes (test accuracy, mean over the targets; parameters: everything needed to serve the "
-             f"{len(summ['domains'])} targets, trunk included):", "",
+    lines = [("Compression (Rebuffi et al. 2018 §3.4) and joint training (Bilen & Vedaldi 2017), each against the "
+              "row it changes (test accuracy, mean over the targets; parameters: everything needed to serve the "
+              f"{len(summ['domains'])} targets, trunk included):"), "",
              "| row | vs | own params/domain | shared beyond the trunk | total | total of `vs` | mean | mean of `vs` | Δ |",
              "|---|---|---|---|---|---|---|---|---|"]
     for lab in labels:
@@ -671,7 +671,7 @@ def group_section(raw: dict, summ: dict) -> list[str]:
         before = [sum(x["accuracy_compressed"] for x in g["rows"]) / len(g["rows"]) for g in svd]
         unc = [sum(x["accuracy_uncompressed"] for x in g["rows"]) / len(g["rows"]) for g in svd]
         after = [sum(x["accuracy"] for x in g["rows"]) / len(g["rows"]) for g in svd]
-        lines += [f"parallel-adapter-svd: rank ratio {c['rank_ratio']:g} (K = C_in/2 per layer), "
+        lines += [(f"parallel-adapter-svd: rank ratio {c['rank_ratio']:g} (K = C_in/2 per layer), "
                   f"{cfg.get('svd_epochs')} fine-tuning epoch(s) of gamma + norms + head at lr {cfg.get('svd_lr')}. "
                   f"Adapters per domain {c['adapter_params_per_domain']:,} -> own gamma "
                   f"{next(iter(c['gamma_params'].values())):,} ({100 * c['own_fraction']:.1f}%), shared beta "
@@ -679,7 +679,7 @@ def group_section(raw: dict, summ: dict) -> list[str]:
                   f"the group's adapters {100 * c['group_fraction']:.1f}% of the uncompressed ones. Validation accuracy "
                   f"(mean over targets, per seed): uncompressed {', '.join(f'{x:.1f}' for x in unc)}; "
                   f"compressed before fine-tuning {', '.join(f'{x:.1f}' for x in before)}; after "
-                  f"{', '.join(f'{x:.1f}' for x in after)}.", ""]
+                  f"{', '.join(f'{x:.1f}' for x in after)}."), ""]
     joint = [g for g in groups.values() if g["label"] in ("joint-bn", "joint-in")]
     if joint:
         j = joint[0]["joint"]

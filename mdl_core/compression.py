@@ -31,7 +31,7 @@ def rank_for(c_in: int, c_out: int, num_domains: int, ratio: float) -> int:
     """K = round(ratio * C_in), at least 1 and at most the stacked matrix's rank bound min(D*C_out, C_in)."""
     if not (0 < ratio <= 1) or not math.isfinite(ratio):
         raise ValueError(f"--rank-ratio must be in (0, 1], got {ratio}")
-    return max(1, min(int(round(ratio * c_in)), c_in, num_domains * c_out))
+    return max(1, min(round(ratio * c_in), c_in, num_domains * c_out))
 
 
 @dataclass

@@ -32,7 +32,7 @@ def _source(trunk):
             for key, t in src.domain_tensors(d).items():
                 if key.endswith("adapter.weight") or key.startswith("head."):
                     t.copy_(torch.randn(t.shape, generator=g) * 0.1)
-                elif key.endswith(".bias") or key.endswith("running_mean"):
+                elif key.endswith((".bias", "running_mean")):
                     t.add_(torch.randn(t.shape, generator=g) * 0.1)
     return src.eval()
 
@@ -122,7 +122,7 @@ def test_only_gamma_norms_and_head_train(trunk):
     src, dst = _source(trunk), _target(trunk)
     compress_adapters(src, dst, ["a", "b"], rank_ratio=0.5)
     params = {id(p) for p in dst.set_trainable("a")}
-    for p, w in dst.wrappers.items():
+    for w in dst.wrappers.values():
         m = w.domains["a"]
         if hasattr(m, "beta"):
             assert not m.beta.requires_grad and id(m.gamma) in params

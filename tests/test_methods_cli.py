@@ -134,7 +134,7 @@ def test_joint_train_bn_and_instance_norm(reg_home, trees):
 
     dev = DeviceSetup.resolve("cpu")
     for names, method in ((["ja", "jb"], "bn"), (["ia", "ib"], "classifier-only")):
-        reg, versions, net = _network(home, names, method)
+        _, versions, net = _network(home, names, method)
         for v in versions:
             assert v.method == method and v.config["joint"]["domains"] == names
             if method == "classifier-only":  # instance-norm: nothing per domain but the head

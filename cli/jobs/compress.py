@@ -89,12 +89,11 @@ def compress(reg: Registry, names: list[str] | None, *, rank_ratio: float, opts:
         if opts.epochs > 0:  # fine-tune gamma, the norms and the head; beta is a buffer and stays shared
             recipe = _recipe(opts, wd)
             torch.manual_seed(opts.seed)
-            name = v.name
             with progress() as bar:
-                result = fit(dst, lambda: dst.set_trainable(name), train_loader, val_loader, recipe, dev,
-                             snapshot=lambda: dst.domain_state_dict(name),
-                             restore=lambda t: dst.load_domain_state_dict(name, t),
-                             forward_kw={"domain": name}, progress=bar)
+                result = fit(dst, lambda n=v.name: dst.set_trainable(n), train_loader, val_loader, recipe, dev,
+                             snapshot=lambda n=v.name: dst.domain_state_dict(n),
+                             restore=lambda t, n=v.name: dst.load_domain_state_dict(n, t),
+                             forward_kw={"domain": v.name}, progress=bar)
             history, best_epoch, after = result.history, result.best_epoch, result.best_accuracy
         now = shared_factors(dst, v.name)
         if any(not torch.equal(now[p].cpu(), b) for p, b in betas.items()):
