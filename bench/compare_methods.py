@@ -58,6 +58,10 @@ METHODS_RESNET = [
     ("parallel-adapter", "resnet26", "parallel-adapter"),
     ("series-adapter", "resnet26", "series-adapter"),
     ("finetune@resnet26", "resnet26", "finetune"),
+    # group rows (one job over all targets of a seed, not one cell per domain): cli.jobs.compress / cli.jobs.joint
+    ("parallel-adapter-svd", "resnet26", "parallel-adapter-svd"),  # the parallel-adapter cells, compressed
+    ("joint-bn", "resnet26", "bn"),                                # jointly trained trunk + per-domain BN
+    ("joint-in", "resnet26_in", "classifier-only"),                # jointly trained instance-norm trunk, heads only
 ]
 METHODS_LITE0 = [(m, LITE0, m) for m in ("dw", "dw-sharing", "bn", "classifier-only", "finetune")]
 MODES = {
@@ -72,6 +76,7 @@ MODES = {
 }
 REFERENCE = "finetune"  # the score's reference row
 OPTIONAL = {"finetune@resnet26"}  # run last (the reference for the resnet26 rows is still `finetune` above)
+GROUP = {"parallel-adapter-svd", "joint-bn", "joint-in"}  # trained per seed over all targets at once
 PLACEMENTS = ["early", "middle", "late", "all"]
 SOURCE = "source"
 
@@ -106,6 +111,9 @@ def parse_args(argv=None):
     ap.add_argument("--quick", action="store_true",
                     help="smoke test: builtin scale 0.05, 1 epoch each, seed 0, dw+finetune on 2 domains, late gate, the "
                          "side cell; writes under --work, not bench/results")
+    ap.add_argument("--rank-ratio", type=float, default=0.5, help="parallel-adapter-svd: K / C_in (the paper's K = C/2)")
+    ap.add_argument("--svd-epochs", type=int, default=1, help="parallel-adapter-svd: fine-tuning epochs per domain")
+    ap.add_argument("--svd-lr", type=float, default=0.01, help="parallel-adapter-svd: fine-tuning lr")
     ap.add_argument("--report-only", action="store_true", help="rebuild tables and charts from the raw JSON")
     ap.add_argument("--fresh", action="store_true", help="start over: ignore finished cells in the raw JSON, wipe the registry homes")
     a = ap.parse_args(argv)
@@ -124,8 +132,10 @@ def parse_args(argv=None):
         ap.error(f"--methods {bad} not in the {a.trunk} mode's rows: {valid}")
     if a.quick:
         a.scale = a.source_scale = 0.05
-        a.seeds, a.pretrain_epochs, a.epochs, a.gate_epochs = [0], 1, 1, 1
-        a.methods, a.placements = ["dw", "finetune"], ["late"]
+        a.seeds, a.pretrain_epochs, a.epochs, a.gate_epochs, a.svd_epochs = [0], 1, 1, 1, 1
+        group = [m for m in a.methods if m in GROUP]  # a smoke test of the group rows keeps them
+        a.methods = ["finetune", "bn", "parallel-adapter", *group] if group else ["dw", "finetune"]
+        a.placements = [] if group else ["late"]
         a.domains = a.domains or ["digits", "pedestrians"]
         a.side = [s for s in a.side if s.split(":")[1] in a.domains] or a.side[:0]
         a.work = a.work / "quick"
@@ -145,6 +155,9 @@ def settings(a) -> dict:
     cfg = {"trunk_mode": a.trunk, "width": a.width, "image_size": a.image_size, "epochs": a.epochs,
            "gate_epochs": a.gate_epochs, "batch_size": a.batch_size, "lr": a.lr, "gate_lr": a.gate_lr,
            "target_scale": a.scale, "workers": 0, "device": "cpu"}
+    if GROUP & set(a.methods):  # only then: earlier tables' cached cells stay valid
+        cfg |= {"svd_rank_ratio": a.rank_ratio, "svd_epochs": a.svd_epochs, "svd_lr": a.svd_lr, "joint_lr": a.lr,
+                "joint_epochs": a.epochs}
     if MODES[a.trunk]["pretrained_here"]:
         cfg |= {"pretrain_epochs": a.pretrain_epochs, "pretrain_batch_size": a.pretrain_batch_size,
                 "source_scale": a.source_scale, "pretrain_seed": 0}
@@ -174,9 +187,10 @@ class Runner:
             raw = json.loads(self.raw_path.read_text())
             if raw.get("settings") == self.cfg:
                 raw.setdefault("side", {})
+                raw.setdefault("groups", {})
                 return raw
             print(f"note: {self.raw_path} holds results of other settings; starting a new table", file=sys.stderr)
-        return {"settings": self.cfg, "pretrain": {}, "cells": {}, "side": {}, "gates": {}, "timing": {}}
+        return {"settings": self.cfg, "pretrain": {}, "cells": {}, "side": {}, "gates": {}, "groups": {}, "timing": {}}
 
     def save(self) -> None:
         self.raw["machine"] = machine()
@@ -318,16 +332,70 @@ class Runner:
         print(f"[gate] {placement:6s} {domain:12s} seed {seed}: test {test_acc:.2f} (no gate "
               f"{target.config['test_accuracy']:.2f}) ({wall:.0f}s)", file=sys.stderr, flush=True)
 
+    def group(self, label: str, seed: int, domains: list[str]) -> None:
+        """One job over every target of a seed: the seed's parallel-adapter versions compressed together
+        (cli.jobs.compress), or every target trained jointly from the trunk (cli.jobs.joint); its
+        per-domain results are stored as ordinary cells of the row."""
+        from mdl.registry.store import Registry
+
+        key = f"{label}|{seed}"
+        if key in self.raw["groups"]:
+            return
+        if label == "parallel-adapter-svd":
+            src = self.home("resnet26", "parallel-adapter", seed)  # its cells are trained first (core rows)
+            home = self.work / f"resnet26-parallel-adapter-svd-s{seed}"
+            shutil.rmtree(home, ignore_errors=True)
+            shutil.copytree(src, home, ignore=shutil.ignore_patterns("registry.lock", "runs"))
+        else:
+            home = self.work / f"resnet26-{label}-s{seed}"
+            shutil.rmtree(home, ignore_errors=True)
+            shutil.copytree(self.base_home("resnet26"), home, ignore=shutil.ignore_patterns("registry.lock", "runs"))
+        reg = Registry.open(home)
+        try:
+            t0 = time.perf_counter()
+            if label == "parallel-adapter-svd":
+                from mdl.cli.jobs.compress import compress
+
+                res = compress(reg, domains, rank_ratio=self.a.rank_ratio,
+                               opts=self.opts(self.a.svd_epochs, seed, lr=self.a.svd_lr))
+                versions, info = res.versions, {"compression": res.report, "rows": res.rows}
+            else:
+                from mdl.cli.jobs.joint import joint_train
+
+                trunk, versions = joint_train(reg, [builtin(d, self.a.scale) for d in domains], names=domains,
+                                              variant="bn" if label == "joint-bn" else "instance-norm",
+                                              trunk="resnet26", opts=self.opts(self.a.epochs, seed))
+                info = {"trunk": trunk.label, "trunk_params": trunk.num_params, "joint": trunk.config["joint"],
+                        "history": trunk.config["history"], "train_images_per_s": trunk.config["train_images_per_s"]}
+            wall = time.perf_counter() - t0
+        finally:
+            reg.close()
+        for v in versions:
+            self.raw["cells"][f"{label}|{v.name}|{seed}"] = {
+                "method": label, "arch": v.trunk.arch, "domain": v.name, "seed": seed, "version": v.version,
+                "val_accuracy": v.accuracy, "test_accuracy": v.config["test_accuracy"], "domain_params": v.domain_params,
+                "num_classes": v.num_classes, "train_images": v.data["sizes"]["train"],
+                "test_images": v.data["sizes"].get("test"), "best_epoch": v.config["best_epoch"],
+                "history": v.config["history"] if label == "parallel-adapter-svd" else None,
+                "train_images_per_s": None, "wall_s": round(wall / len(versions), 1)}
+        self.raw["groups"][key] = {"label": label, "seed": seed, "wall_s": round(wall, 1), **info}
+        self.save()
+        print(f"[group] {label:18s} seed {seed}: " + ", ".join(
+            f"{v.name} {v.config['test_accuracy']:.1f}" for v in versions) + f" ({wall:.0f}s)", file=sys.stderr, flush=True)
+
     def run(self, domains: list[str]) -> None:
         t_start = time.perf_counter()
         methods = [m for m in self.mode["methods"] if m[0] in self.a.methods]
-        for arch in dict.fromkeys(m[1] for m in methods):
+        for arch in dict.fromkeys(m[1] for m in methods if m[0] not in GROUP):  # group rows start from resnet26's
             self.base_home(arch)
-        core = [m for m in methods if m[0] not in OPTIONAL]
+        core = [m for m in methods if m[0] not in OPTIONAL | GROUP]
         for seed in self.a.seeds:  # the paper's table first, then the side cells, the gates, the optional rows
             for label, arch, method in core:
                 for d in domains:
                     self.cell(label, arch, method, d, seed)
+        for seed in self.a.seeds:
+            for label in [m[0] for m in methods if m[0] in GROUP]:
+                self.group(label, seed, domains)
         for spec in self.a.side:
             self.side(spec)
         if "dw" in self.a.methods:
@@ -345,6 +413,7 @@ class Runner:
         t["side_wall_s"] = round(sum(c["wall_s"] for c in self.raw["side"].values()), 1)
         t["gates_wall_s"] = round(sum(c["wall_s"] for c in self.raw["gates"].values()), 1)
         t["pretrain_wall_s"] = round(sum(c["wall_s"] for c in self.raw["pretrain"].values()), 1)
+        t["groups_wall_s"] = round(sum(g["wall_s"] for g in self.raw.get("groups", {}).values()), 1)
         self.save()
 
 
@@ -367,7 +436,12 @@ def param_totals(methods, width: float, classes: dict[str, int]) -> dict[str, di
             trunks[arch] = trunk_param_count(arch, width)
         net = create_network(arch, method=method, domains=classes, width=width)
         per = net.parameter_counts()["domains"]
-        out[label] = {"trunk": trunks[arch], "per_domain": per, "total": trunks[arch] + sum(per.values())}
+        shared = 0
+        if method == "parallel-adapter-svd":  # the shared factors beta: buffers, counted once for the group
+            from mdl.core.compression import shared_factors
+
+            shared = sum(b.numel() for b in shared_factors(net, next(iter(classes))).values())
+        out[label] = {"trunk": trunks[arch] + shared, "per_domain": per, "total": trunks[arch] + shared + sum(per.values())}
         del net
     return out
 
@@ -523,6 +597,7 @@ def markdown(raw: dict, summ: dict) -> str:
                          + f" | **{fmt(r['mean'])}** | {fmt(r['score'], 0)} |")
         lines += ["", "#params = trunk (which also serves the source) + every target's own parameters (heads included), "
                   "relative to `dw`; the full-width column is the same count for the published widths (1.0).", ""]
+    lines += group_section(raw, summ)
     side = raw.get("side", {})
     if side:
         lines += ["Side cells (not in the rows above):", "",
@@ -564,6 +639,56 @@ def markdown(raw: dict, summ: dict) -> str:
                   f"methods {t.get('cells_wall_s', 0):.0f} s, side cells {t.get('side_wall_s', 0):.0f} s, "
                   f"gates {t.get('gates_wall_s', 0):.0f} s; last invocation {t.get('last_invocation_wall_s', 0):.0f} s."]
     return "\n".join(lines) + "\n"
+
+
+BASE_OF = {"parallel-adapter-svd": "parallel-adapter", "joint-bn": "bn", "joint-in": "bn"}
+
+
+def group_section(raw: dict, summ: dict) -> list[str]:
+    """Compression and joint training against the row each one changes (absolute parameter counts)."""
+    rows, groups = summ["rows"], raw.get("groups", {})
+    labels = [lab for lab in rows if lab in GROUP]
+    if not labels:
+        return []
+    cfg = raw["settings"]
+    lines = [("Compression (Rebuffi et al. 2018 §3.4) and joint training (Bilen & Vedaldi 2017), each against the "
+              "row it changes (test accuracy, mean over the targets; parameters: everything needed to serve the "
+              f"{len(summ['domains'])} targets, trunk included):"), "",
+             "| row | vs | own params/domain | shared beyond the trunk | total | total of `vs` | mean | mean of `vs` | Δ |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for lab in labels:
+        r, base = rows[lab], rows.get(BASE_OF[lab])
+        trunk_extra = r["trunk_params"] - (base["trunk_params"] if base else r["trunk_params"])
+        lines.append(f"| {lab} | {BASE_OF[lab]} | {_k(r['per_domain_params_mean'])} | "
+                     + (f"{trunk_extra:,} (beta)" if lab == "parallel-adapter-svd" else
+                        "0 (a new trunk of the same size)") + f" | {_k(r['params_total'])} | "
+                     + (f"{_k(base['params_total'])} | " if base else "– | ") + f"**{fmt(r['mean'])}** | "
+                     + (f"{fmt(base['mean'])} | {r['mean'][0] - base['mean'][0]:+.1f} |" if base else "– | – |"))
+    lines.append("")
+    svd = [g for g in groups.values() if g["label"] == "parallel-adapter-svd"]
+    if svd:
+        c = svd[0]["compression"]
+        before = [sum(x["accuracy_compressed"] for x in g["rows"]) / len(g["rows"]) for g in svd]
+        unc = [sum(x["accuracy_uncompressed"] for x in g["rows"]) / len(g["rows"]) for g in svd]
+        after = [sum(x["accuracy"] for x in g["rows"]) / len(g["rows"]) for g in svd]
+        lines += [(f"parallel-adapter-svd: rank ratio {c['rank_ratio']:g} (K = C_in/2 per layer), "
+                  f"{cfg.get('svd_epochs')} fine-tuning epoch(s) of gamma + norms + head at lr {cfg.get('svd_lr')}. "
+                  f"Adapters per domain {c['adapter_params_per_domain']:,} -> own gamma "
+                  f"{next(iter(c['gamma_params'].values())):,} ({100 * c['own_fraction']:.1f}%), shared beta "
+                  f"{c['beta_params']:,} once ({100 * c['own_plus_beta_fraction']:.1f}% if one domain carried a whole beta); "
+                  f"the group's adapters {100 * c['group_fraction']:.1f}% of the uncompressed ones. Validation accuracy "
+                  f"(mean over targets, per seed): uncompressed {', '.join(f'{x:.1f}' for x in unc)}; "
+                  f"compressed before fine-tuning {', '.join(f'{x:.1f}' for x in before)}; after "
+                  f"{', '.join(f'{x:.1f}' for x in after)}."), ""]
+    joint = [g for g in groups.values() if g["label"] in ("joint-bn", "joint-in")]
+    if joint:
+        j = joint[0]["joint"]
+        lines += [f"Joint rows: {cfg.get('joint_epochs')} epochs of {j['rounds_per_epoch']} round-robin rounds "
+                  f"(one batch of each target in turn, one SGD step per batch) at lr {cfg.get('joint_lr')}, the whole "
+                  "trunk trained with the per-domain parts, from the pretrained resnet26; each registers a new trunk. "
+                  "Wall time per seed: " + ", ".join(f"{g['label']} s{g['seed']} {g['wall_s']:.0f} s" for g in joint)
+                  + ".", ""]
+    return lines
 
 
 def charts(summ: dict, out: Path, stem: str) -> None:

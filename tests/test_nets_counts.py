@@ -42,9 +42,9 @@ def test_arithmetic_matches_design_numbers():
 
 
 def test_registries():
-    assert list_trunks() == ["resnet26", "resnet26_dw", "resnet26_dw_v0", "resnet26_v0"]
+    assert list_trunks() == ["resnet26", "resnet26_dw", "resnet26_dw_in", "resnet26_dw_v0", "resnet26_in", "resnet26_v0"]
     assert set(list_methods()) == {"dw", "dw-sharing", "classifier-only", "finetune", "bn",
-                                   "parallel-adapter", "series-adapter"}
+                                   "parallel-adapter", "parallel-adapter-svd", "series-adapter"}
 
 
 @pytest.mark.parametrize("arch,method,shared,per_domain", [

@@ -152,6 +152,9 @@ class MultiDomainNet(nn.Module):
             if "head.bias" not in tensors:
                 raise ValueError(f"domain {name!r}: tensors lack 'head.bias', cannot infer class count")
             self.add_domain(name, tensors["head.bias"].shape[0])
+        for p, w in self.wrappers.items():  # wrappers whose shapes the stored tensors decide (low-rank adapters)
+            if hasattr(w, "match_shapes"):
+                w.match_shapes(name, {k[len(p) + 1:]: v for k, v in tensors.items() if k.startswith(p + ".")})
         self._strict_copy(f"domain {name!r}", self.domain_tensors(name), tensors)
 
     def _trunk_tensor(self, key: str, domain: str | None) -> torch.Tensor:

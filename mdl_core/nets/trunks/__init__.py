@@ -9,6 +9,7 @@ from torch import nn
 
 from ..registry import _TRUNKS, list_trunks
 from . import resnet26  # noqa: F401  (registers resnet26, resnet26_dw)
+from . import instance_norm  # noqa: F401  (registers resnet26_in, resnet26_dw_in)
 from .timm_family import PREFIX as TIMM_PREFIX
 from .timm_family import create_timm_trunk
 
