@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mdl.cli._output import info
+from mdl.core import distributed
 from mdl.cli.jobs.common import NetworkLoader, loaders, open_version_data, progress, run_key
 from mdl.registry.store import DomainVersionRecord, GateRecord, Registry
 
@@ -36,7 +37,8 @@ def gate_targets(reg: Registry, names: list[str] | None) -> list[DomainVersionRe
     return [by_name[n] for n in names]
 
 
-def train_gate(reg: Registry, target: DomainVersionRecord, opts: GateOptions) -> GateRecord:
+def train_gate(reg: Registry, target: DomainVersionRecord, opts: GateOptions) -> GateRecord | None:
+    """Train and register `target`'s gate (under torchrun rank 0 registers; the other ranks return None)."""
     import torch
 
     from mdl.core.recipes import Recipe
@@ -56,6 +58,7 @@ def train_gate(reg: Registry, target: DomainVersionRecord, opts: GateOptions) ->
     dev = DeviceSetup.resolve(opts.device)
     dev.prepare(net)
     train_loader, val_loader = loaders(dd, recipe.batch_size, opts.workers, opts.seed)
+    train_loader, val_loader = distributed.shard_loaders(train_loader, val_loader, recipe.seed)  # torchrun only
     base_acc, _ = accuracy(net, val_loader, dev, domain=target.name, use_gate=False)
     digest, key = run_key(job="gate", target=target.id, mixed=[v.id for v in mixed], placement=opts.placement,
                           recipe=recipe.to_dict())
@@ -68,11 +71,15 @@ def train_gate(reg: Registry, target: DomainVersionRecord, opts: GateOptions) ->
                      restore=lambda t: net.load_gate_state_dict(target.name, t, [v.name for v in mixed], opts.placement),
                      forward_kw={"domain": target.name, "use_gate": True}, checkpoint=checkpoint, progress=bar,
                      train_mode=net.eval)  # frozen BN statistics: nothing but the gate may change
+    distributed.all_ok()  # every rank finished: only then does rank 0 register
+    if not distributed.is_main():
+        return None
     net.cpu()
     gate = reg.add_gate(target_id=target.id, placement=opts.placement, mixed=[v.id for v in mixed],
                         accuracy=result.best_accuracy, base_accuracy=base_acc,
                         config={"recipe": recipe.to_dict(), "history": result.history, "best_epoch": result.best_epoch,
-                                "mixed_names": [v.name for v in mixed]},
+                                "mixed_names": [v.name for v in mixed],
+                                "distributed": distributed.describe(recipe.batch_size)},
                         tensors=net.gate_state_dict(target.name))
     checkpoint.discard()
     return gate
