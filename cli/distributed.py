@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from typing import Annotated
 
 import typer
-
 from mdl.cli._output import CliError, err, info, out
 
 SyncBn = Annotated[bool, typer.Option(
@@ -38,7 +38,7 @@ def session(sync_bn: bool = False):
                 yield False
     except (SystemExit, KeyboardInterrupt):
         raise
-    except Exception as exc:  # noqa: BLE001 - becomes the one-line error of this rank
+    except Exception as exc:  # becomes the one-line error of this rank
         err.quiet, out.quiet = saved
         raise CliError(_message(exc, r, w)) from exc
     finally:
@@ -54,6 +54,7 @@ def _message(exc: BaseException, r: int, w: int) -> str:
         s in text for s in ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "timed out",
                             "NCCL", "gloo"))
     if lost:
+        detail = re.sub(r"\[[^\]]*\.(?:cc|cpp|h):\d+\]\s*", "", text).split(". ")[0][:160]  # no C++ source location
         return (f"rank {r} of {w}: lost contact with another process of this torchrun job (it failed or was killed); "
-                f"nothing was registered [{text[:200]}]")
+                f"nothing was registered ({detail})")
     return f"rank {r} of {w}: {text}"

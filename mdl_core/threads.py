@@ -58,7 +58,7 @@ def local_ranks() -> int:
     an mdl job with its own pid file too; counting them up front keeps a rank that starts before its
     peers registered from taking every core (torchrun's own OMP_NUM_THREADS=1 is replaced by the share)."""
     try:
-        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     except ValueError:
         return 1
 

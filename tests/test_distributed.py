@@ -27,9 +27,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import Result, invoke
-from PIL import Image
-
 from mdl.core import distributed, threads
+from PIL import Image
 
 TOY = ["--width", "0.25", "--image-size", "16", "--device", "cpu", "--threads", "1", "--lr", "0.05"]
 RUN = ["--device", "cpu", "--threads", "1", "--lr", "0.05"]
@@ -50,7 +49,7 @@ def torchrun(n: int, *args: str, home: Path, env: dict | None = None, timeout: i
     full_env = {**os.environ, "MDL_DEBUG": "0", "COLUMNS": "200", "MDL_DIST_TIMEOUT": "60", **(env or {})}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n),
            "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "mdl", *args, "--home", str(home)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout, check=False)
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
@@ -102,8 +101,8 @@ def max_diff(a: dict, b: dict) -> float:
 
 def assert_same(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k].float(), b[k].float(), **TOL, msg=lambda m, k=k: f"{k}: {m}")
+    for k, t in a.items():
+        torch.testing.assert_close(t.float(), b[k].float(), **TOL, msg=lambda m, k=k: f"{k}: {m}")
 
 
 # --- end to end through torchrun ------------------------------------------------------------------------
@@ -142,7 +141,7 @@ def test_pretrain_on_two_processes_registers_once_and_equals_one_process(homes):
     assert [len(t) for t in trunks] == [1, 1]
     ddp_trunk, one_trunk = (Registry.open(h).load_tensors(t[0].artifact) for h, t in zip((homes["ddp"], homes["one"]), trunks))
     assert_same(ddp_trunk, one_trunk)
-    ddp_src, cfg = tensors(homes["ddp"], "svhn", 1)
+    ddp_src, _ = tensors(homes["ddp"], "svhn", 1)
     one_src, _ = tensors(homes["one"], "svhn", 1)
     assert_same(ddp_src, one_src)
     assert trunks[0][0].config["distributed"] == {"world_size": 2, "backend": "gloo", "global_batch_size": 64,

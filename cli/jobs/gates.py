@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mdl.cli._output import info
-from mdl.core import distributed
 from mdl.cli.jobs.common import NetworkLoader, loaders, open_version_data, progress, run_key
+from mdl.core import distributed
 from mdl.registry.store import DomainVersionRecord, GateRecord, Registry
 
 GATED_METHOD = "dw"  # the gate mixes depthwise outputs, so every mixed domain must own its depthwise filters

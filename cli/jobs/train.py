@@ -5,9 +5,9 @@ import math
 from dataclasses import dataclass
 
 from mdl.cli._output import info
-from mdl.core import distributed
 from mdl.cli.jobs.common import (NetworkLoader, data_record, loaders, open_data, pick_trunk, progress, run_key,
                              source_method, trunk_mean_std)
+from mdl.core import distributed
 from mdl.registry.store import DomainVersionRecord, Registry, TrunkRecord, check_name
 
 
