@@ -40,7 +40,7 @@ def session(sync_bn: bool = False):
         raise
     except Exception as exc:  # becomes the one-line error of this rank
         err.quiet, out.quiet = saved
-        raise CliError(_message(exc, r, w)) from exc
+        raise CliError(_message(exc, r, w), hint=getattr(exc, "hint", None)) from exc
     finally:
         err.quiet, out.quiet = saved
         dist.shutdown()
