@@ -16,7 +16,8 @@ What the training loop gets from here (``mdl.core.training.fit``):
     the single-process shuffle is seeded. ``--batch-size`` is the GLOBAL batch: each rank loads
     batch_size / world_size samples per step, so the lr means the same on any number of processes.
   * `real_samples(loader, n)`: which of a rank's evaluation samples are not DistributedSampler's
-    padding (it repeats the first indices to even out the ranks); `sum_over_ranks(...)`: all_reduce sums.
+    padding (it repeats the first indices to even out the ranks); `sum_over_shards(loader, ...)`:
+    all_reduce sums of counts taken over such a loader.
   * `sync_buffers(net)`: rank 0's buffers (BN running statistics) to every rank before evaluating, so
     every rank evaluates, keeps and (rank 0) registers the same model.
 
@@ -178,6 +179,16 @@ def eval_loader(loader):
 
     return DataLoader(loader.dataset, batch_size=loader.batch_size, num_workers=loader.num_workers,
                       sampler=DistributedSampler(loader.dataset, shuffle=False, drop_last=False))
+
+
+def sum_over_shards(loader, *values: float) -> tuple[float, ...]:
+    """`sum_over_ranks` for counts taken over a loader split over the ranks (a DistributedSampler); a
+    loader every rank reads whole (or any loader single-process) is counted once."""
+    from torch.utils.data import DistributedSampler
+
+    if isinstance(getattr(loader, "sampler", None), DistributedSampler):
+        return sum_over_ranks(*values)
+    return values
 
 
 def real_samples(loader, n: int) -> torch.Tensor:

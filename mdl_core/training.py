@@ -92,7 +92,7 @@ def accuracy(net: nn.Module, loader: Iterable, dev: DeviceSetup, **forward_kw) -
     logits, labels = predict_logits(net, loader, dev, **forward_kw)
     labelled = (labels >= 0) & distributed.real_samples(loader, len(labels))
     correct = (logits[labelled].argmax(1) == labels[labelled]).sum().item() if labelled.any() else 0
-    n, correct = distributed.sum_over_ranks(int(labelled.sum()), correct)
+    n, correct = distributed.sum_over_shards(loader, int(labelled.sum()), correct)
     if n == 0:
         return float("nan"), 0
     return 100.0 * correct / n, int(n)
