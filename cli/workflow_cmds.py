@@ -10,6 +10,8 @@ import typer
 from rich.table import Table
 
 from mdl.cli._output import CliError, Home, Json, emit_json, info, out
+from mdl.cli.distributed import SyncBn
+from mdl.cli.distributed import session as distributed_session
 from mdl.cli.threads import Threads
 from mdl.cli.threads import apply as apply_threads
 from mdl.cli.registry_cmds import open_registry, resolve_home, version_row
@@ -62,7 +64,9 @@ class TrainOn(str, Enum):  # mdl.core.recipes.TRAIN_ON
 Data = Annotated[str, typer.Option("--data", help="Decathlon folder, ImageFolder tree, or builtin:NAME.")]
 Epochs = Annotated[int, typer.Option("--epochs", min=1, help="Training epochs (lr decays x0.1 at 50% and 75%).")]
 Lr = Annotated[float, typer.Option("--lr", help="Initial SGD learning rate.")]
-BatchSize = Annotated[int, typer.Option("--batch-size", min=1)]
+BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help=(
+    "Global batch size: under torchrun each of the N processes loads batch-size / N per step "
+    "(so --lr keeps its meaning on any number of processes)."))]
 DeviceOpt = Annotated[Device, typer.Option("--device", help="auto uses CUDA (bf16 autocast, channels_last) when present.")]
 Workers = Annotated[int, typer.Option("--workers", min=0, help="Data-loading worker processes.")]
 Seed = Annotated[int, typer.Option("--seed", min=0, help="Random seed (shuffling, initialisation, splits).")]
@@ -94,16 +98,22 @@ def register(app: typer.Typer) -> None:
         epochs: Epochs = 10, lr: Lr = 0.1, batch_size: BatchSize = 64,
         wd: Annotated[float, typer.Option("--wd", min=0.0, help="Weight decay.")] = 1e-4,
         device: DeviceOpt = Device.auto, threads: Threads = None, workers: Workers = 0, seed: Seed = 0,
-        on_bad_image: BadImage = OnBadImage.fail, resume: Resume = False, home: Home = None, as_json: Json = False,
+        on_bad_image: BadImage = OnBadImage.fail, resume: Resume = False, sync_bn: SyncBn = False,
+        home: Home = None, as_json: Json = False,
     ) -> None:
-        """Train the whole network on a source domain; register it as a trunk version and as the first domain."""
+        """Train the whole network on a source domain; register it as a trunk version and as the first domain.
+        Runs unchanged under torchrun (DDP; rank 0 registers)."""
         _check_data(data)
         apply_threads(threads)
         from mdl.cli.jobs.train import pretrain as run
 
         reg = open_registry(home)
-        trunk, version = run(reg, data, name=name, arch=arch, width=width, image_size=image_size,
-                             opts=_train_options(epochs, lr, batch_size, device, workers, seed, on_bad_image, resume, wd))
+        with distributed_session(sync_bn) as main:
+            done = run(reg, data, name=name, arch=arch, width=width, image_size=image_size,
+                       opts=_train_options(epochs, lr, batch_size, device, workers, seed, on_bad_image, resume, wd))
+        if not main:  # another torchrun rank: rank 0 reports
+            return
+        trunk, version = done
         result = {"trunk": trunk.label, "num_params": trunk.num_params, "domain": version_row(version)}
         if as_json:
             emit_json(result)
@@ -129,9 +139,11 @@ def register(app: typer.Typer) -> None:
         train_on: Annotated[TrainOn, typer.Option("--train-on", help="train (pick the best epoch on val) or "
                             "train+val (fixed epochs, no validation: for a test submission).")] = TrainOn.train,
         device: DeviceOpt = Device.auto, threads: Threads = None, workers: Workers = 0, seed: Seed = 0,
-        on_bad_image: BadImage = OnBadImage.fail, resume: Resume = False, home: Home = None, as_json: Json = False,
+        on_bad_image: BadImage = OnBadImage.fail, resume: Resume = False, sync_bn: SyncBn = False,
+        home: Home = None, as_json: Json = False,
     ) -> None:
-        """Train and register a new version of domain NAME against the frozen trunk."""
+        """Train and register a new version of domain NAME against the frozen trunk. Runs unchanged under
+        torchrun (DDP; rank 0 registers)."""
         _check_data(data)
         apply_threads(threads)
         from dataclasses import replace
@@ -141,7 +153,10 @@ def register(app: typer.Typer) -> None:
         reg = open_registry(home)
         opts = replace(_train_options(epochs, lr, batch_size, device, workers, seed, on_bad_image, resume, wd),
                        recipe=recipe.value, wd_groups=wd_groups.value if wd_groups else None, train_on=train_on.value)
-        version = run(reg, name, data, method=method, trunk=trunk, source_domain=source_domain, opts=opts)
+        with distributed_session(sync_bn) as main:
+            version = run(reg, name, data, method=method, trunk=trunk, source_domain=source_domain, opts=opts)
+        if not main:  # another torchrun rank: rank 0 reports
+            return
         if as_json:
             emit_json(version_row(version))
         else:
@@ -160,15 +175,19 @@ def register(app: typer.Typer) -> None:
         epochs: Epochs = 10, lr: Lr = 0.1, batch_size: BatchSize = 64,
         device: DeviceOpt = Device.auto, threads: Threads = None, workers: Workers = 0, seed: Seed = 0, home: Home = None, as_json: Json = False,
     ) -> None:
-        """Train soft-sharing gates (filters frozen) and register them; report accuracy with and without."""
+        """Train soft-sharing gates (filters frozen) and register them; report accuracy with and without.
+        Runs unchanged under torchrun (DDP; rank 0 registers)."""
         apply_threads(threads)
         from mdl.cli.jobs.gates import GateOptions, gate_targets, train_gate
 
         reg = open_registry(home)
         opts = GateOptions(placement=placement.value, epochs=epochs, lr=lr, batch_size=batch_size,
                            device=device.value, workers=workers, seed=seed, scope=scope.value)
-        targets = gate_targets(reg, domain)
-        gates = [train_gate(reg, t, opts) for t in targets]
+        with distributed_session() as main:
+            targets = gate_targets(reg, domain)
+            gates = [train_gate(reg, t, opts) for t in targets]
+        if not main:  # another torchrun rank: rank 0 reports
+            return
         rows = [{"name": g.target.name, "version": g.target.version, "gate": g.version, "placement": g.placement,
                  "scope": g.config.get("scope", "gate"),
                  "accuracy_with_gate": g.accuracy, "accuracy_without_gate": g.base_accuracy} for g in gates]

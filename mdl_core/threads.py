@@ -7,6 +7,7 @@ OMP_WAIT_POLICY=PASSIVE avoids the collapse but costs a lone job 30%; one thread
 max(1, cores // live mdl jobs) threads, re-counted at most every ``INTERVAL`` seconds from the loops that
 run the steps (`rebalance()`), so a job that was alone shrinks when a second one starts and grows back
 when it ends. A lone job keeps every core and torch's defaults. ``--threads N`` pins the count.
+Under torchrun every rank is a job: N ranks on a machine share its cores (at least LOCAL_WORLD_SIZE ways).
 Jobs other than mdl's are not seen: pin ``--threads`` when the machine is busy with them.
 """
 from __future__ import annotations
@@ -50,6 +51,16 @@ def live_jobs() -> int:
         else:
             f.unlink(missing_ok=True)
     return max(n, 1)
+
+
+def local_ranks() -> int:
+    """The processes torchrun starts on this machine (LOCAL_WORLD_SIZE), 1 outside torchrun. Each rank is
+    an mdl job with its own pid file too; counting them up front keeps a rank that starts before its
+    peers registered from taking every core (torchrun's own OMP_NUM_THREADS=1 is replaced by the share)."""
+    try:
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
 
 
 def fair_share(cores: int, jobs: int) -> int:
@@ -99,6 +110,6 @@ def rebalance(force: bool = False) -> int | None:
     if not force and now - _state["last"] < INTERVAL:
         return None
     _state["last"] = now
-    n = fair_share(os.cpu_count() or 1, live_jobs())
+    n = fair_share(os.cpu_count() or 1, max(live_jobs(), local_ranks()))
     _set(n)
     return n

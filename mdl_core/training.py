@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mdl.core import threads
+from mdl.core import distributed, threads
 from mdl.core.recipes import Recipe
 
 Tensors = dict[str, torch.Tensor]
@@ -87,14 +87,15 @@ def predict_logits(net: nn.Module, loader: Iterable, dev: DeviceSetup, **forward
 
 
 def accuracy(net: nn.Module, loader: Iterable, dev: DeviceSetup, **forward_kw) -> tuple[float, int]:
-    """Top-1 accuracy in percent over the labelled samples, and how many there were."""
+    """Top-1 accuracy in percent over the labelled samples, and how many there were (over every rank
+    when the loader is split over the ranks of a torchrun job)."""
     logits, labels = predict_logits(net, loader, dev, **forward_kw)
-    labelled = labels >= 0
-    n = int(labelled.sum())
+    labelled = (labels >= 0) & distributed.real_samples(loader, len(labels))
+    correct = (logits[labelled].argmax(1) == labels[labelled]).sum().item() if labelled.any() else 0
+    n, correct = distributed.sum_over_shards(loader, int(labelled.sum()), correct)
     if n == 0:
         return float("nan"), 0
-    correct = (logits[labelled].argmax(1) == labels[labelled]).sum().item()
-    return 100.0 * correct / n, n
+    return 100.0 * correct / n, int(n)
 
 
 # --- checkpoints -----------------------------------------------------------------------------------
@@ -192,6 +193,7 @@ def fit(
         params = [p for g in groups for p in g["params"]]
     else:
         params, groups = list(groups), list(groups)
+    model = distributed.wrap(net)  # DistributedDataParallel under torchrun (after requires_grad is set), else net
     opt = torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
     if resume:
         for i, p in enumerate(params):
@@ -207,6 +209,8 @@ def fit(
         generator = getattr(train_loader, "generator", None)
         if generator is not None:  # the epoch's shuffle depends on (seed, epoch) only, so a resumed run matches
             generator.manual_seed(recipe.seed * 100_003 + epoch)
+        if hasattr(getattr(train_loader, "sampler", None), "set_epoch"):  # DistributedSampler: seed + epoch
+            train_loader.sampler.set_epoch(epoch)
         (train_mode or net.train)()
         loss_sum, correct, count, t0 = 0.0, 0, 0, time.perf_counter()
         for step, (x, y) in enumerate(train_loader):
@@ -216,7 +220,7 @@ def fit(
             threads.rebalance()  # another mdl job may have started or ended
             x, y = dev.batch(x), y.to(dev.device)
             with dev.autocast():
-                logits = net(x, **forward_kw)
+                logits = model(x, **forward_kw)
                 loss = F.cross_entropy(logits.float(), y)
             loss_value = loss.item()
             if not math.isfinite(loss_value):  # diverged: stop before the tensors become NaN; nothing is registered
@@ -234,7 +238,9 @@ def fit(
                     f"epoch {epoch + 1}/{recipe.epochs} loss {loss_sum / count:.3f} "
                     f"acc {100 * correct / count:.1f} {rate:.0f} img/s"))
         train_time += time.perf_counter() - t0
+        loss_sum, correct, count = distributed.sum_over_ranks(loss_sum, correct, count)  # every rank's samples
         seen += count
+        distributed.sync_buffers(net)  # every rank evaluates and keeps rank 0's BN statistics
         # no validation split (training on train+val): fixed epochs, the last one is kept
         val_acc = accuracy(net, val_loader, dev, **forward_kw)[0] if val_loader is not None else None
         history.append({"epoch": epoch + 1, "lr": recipe.lr_at(epoch), "train_loss": loss_sum / max(count, 1),
@@ -243,7 +249,7 @@ def fit(
         if val_acc is None or val_acc > best_acc:
             val_acc = float("nan") if val_acc is None else val_acc
             best_acc, best_epoch, best = val_acc, epoch + 1, {k: v.detach().clone() for k, v in current.items()}
-        if checkpoint is not None:
+        if checkpoint is not None and distributed.is_main():  # one writer
             tensors = {f"cur/{k}": v for k, v in current.items()}
             tensors |= {f"best/{k}": v for k, v in best.items()}
             tensors |= {f"opt/{i}": opt.state[p]["momentum_buffer"] for i, p in enumerate(params)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from mdl.cli._output import info
 from mdl.cli.jobs.common import NetworkLoader, loaders, open_version_data, progress, run_key
+from mdl.core import distributed
 from mdl.registry.store import DomainVersionRecord, GateRecord, Registry
 
 GATED_METHOD = "dw"  # the gate mixes depthwise outputs, so every mixed domain must own its depthwise filters
@@ -39,7 +40,8 @@ def gate_targets(reg: Registry, names: list[str] | None) -> list[DomainVersionRe
     return [by_name[n] for n in names]
 
 
-def train_gate(reg: Registry, target: DomainVersionRecord, opts: GateOptions) -> GateRecord:
+def train_gate(reg: Registry, target: DomainVersionRecord, opts: GateOptions) -> GateRecord | None:
+    """Train and register `target`'s gate (under torchrun rank 0 registers; the other ranks return None)."""
     import torch
 
     from mdl.core.recipes import Recipe
@@ -60,6 +62,7 @@ def train_gate(reg: Registry, target: DomainVersionRecord, opts: GateOptions) ->
     dev = DeviceSetup.resolve(opts.device)
     dev.prepare(net)
     train_loader, val_loader = loaders(dd, recipe.batch_size, opts.workers, opts.seed)
+    train_loader, val_loader = distributed.shard_loaders(train_loader, val_loader, recipe.seed)  # torchrun only
     base_acc, _ = accuracy(net, val_loader, dev, domain=target.name, use_gate=False)
     digest, key = run_key(job="gate", target=target.id, mixed=[v.id for v in mixed], placement=opts.placement,
                           recipe=recipe.to_dict(), scope=opts.scope)
@@ -85,6 +88,9 @@ def train_gate(reg: Registry, target: DomainVersionRecord, opts: GateOptions) ->
                      train_mode=net.train if trains_domain else net.eval)
     if trains_domain:  # the target's tensors changed: they are a new version, the gate belongs to it
         base_acc, _ = accuracy(net, val_loader, dev, domain=target.name, use_gate=False)
+    distributed.all_ok()  # every rank finished: only then does rank 0 register
+    if not distributed.is_main():
+        return None
     net.cpu()
     if trains_domain:
         target = reg.add_domain_version(
@@ -99,7 +105,8 @@ def train_gate(reg: Registry, target: DomainVersionRecord, opts: GateOptions) ->
     gate = reg.add_gate(target_id=target.id, placement=opts.placement, mixed=[v.id for v in mixed],
                         accuracy=result.best_accuracy, base_accuracy=base_acc,
                         config={"recipe": recipe.to_dict(), "history": result.history, "best_epoch": result.best_epoch,
-                                "mixed_names": [v.name for v in mixed], "scope": opts.scope},
+                                "mixed_names": [v.name for v in mixed], "scope": opts.scope,
+                                "distributed": distributed.describe(recipe.batch_size)},
                         tensors=net.gate_state_dict(target.name))
     checkpoint.discard()
     return gate

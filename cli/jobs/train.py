@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from mdl.cli._output import info
 from mdl.cli.jobs.common import (NetworkLoader, data_record, loaders, open_data, pick_trunk, progress, run_key,
                              source_method, trunk_mean_std)
+from mdl.core import distributed
 from mdl.registry.store import DomainVersionRecord, Registry, TrunkRecord, check_name
 
 
@@ -42,7 +43,8 @@ def _test_accuracy(net, dd, opts, dev, **forward_kw) -> float | None:
 
     if "test" not in dd.splits or len(dd.splits["test"]) == 0:
         return None
-    acc, n = accuracy(net, make_loader(dd, "test", 256, train=False, workers=opts.workers), dev, **forward_kw)
+    loader = distributed.eval_loader(make_loader(dd, "test", 256, train=False, workers=opts.workers))
+    acc, n = accuracy(net, loader, dev, **forward_kw)
     return None if n == 0 or math.isnan(acc) else acc
 
 
@@ -67,7 +69,9 @@ def _fit(net, params, dd, opts: TrainOptions, recipe, checkpoint, *, snapshot, r
     dev = DeviceSetup.resolve(opts.device)
     dev.prepare(net)
     train_loader, val_loader = loaders(dd, recipe.batch_size, opts.workers, opts.seed, train_on=recipe.train_on)
-    torch.manual_seed(opts.seed)
+    # under torchrun: DistributedSamplers, batch_size / world_size per rank; each rank its own augmentation
+    train_loader, val_loader = distributed.shard_loaders(train_loader, val_loader, recipe.seed)
+    torch.manual_seed(opts.seed + distributed.rank())
     with progress() as bar:
         result = fit(net, params, train_loader, val_loader, recipe, dev, snapshot=snapshot, restore=restore,
                      forward_kw=forward_kw, checkpoint=checkpoint, resume=opts.resume, progress=bar)
@@ -75,8 +79,9 @@ def _fit(net, params, dd, opts: TrainOptions, recipe, checkpoint, *, snapshot, r
 
 
 def pretrain(reg: Registry, src: str, *, name: str | None, arch: str, width: float, image_size: int,
-             opts: TrainOptions) -> tuple[TrunkRecord, DomainVersionRecord]:
-    """Train the whole network on the source domain; register the trunk and the source as its first domain."""
+             opts: TrainOptions) -> tuple[TrunkRecord, DomainVersionRecord] | None:
+    """Train the whole network on the source domain; register the trunk and the source as its first domain.
+    Under torchrun only rank 0 registers; the other ranks return None."""
     import torch
 
     from mdl.core import create_network
@@ -101,13 +106,17 @@ def pretrain(reg: Registry, src: str, *, name: str | None, arch: str, width: flo
         net, params, dd, opts, recipe, checkpoint,
         snapshot=net.state_dict, restore=net.load_state_dict, forward_kw={"domain": name})
     test_acc = _test_accuracy(net, dd, opts, dev, domain=name)
+    distributed.all_ok()  # every rank finished: only then does rank 0 register
+    if not distributed.is_main():
+        return None
     net.cpu()
     trunk_tensors = net.trunk_state_dict(name)
     head = {k: v for k, v in net.domain_state_dict(name).items() if k.startswith("head.")}
     trunk_params = sum(v.numel() for k, v in trunk_tensors.items() if not k.endswith(BN_STATISTICS))
     config = {"image_size": dd.image_size, "crop": dd.crop, "recipe": recipe.to_dict(), "history": result.history,
               "best_epoch": result.best_epoch, "val_accuracy": result.best_accuracy, "device": str(dev.device),
-              "train_images_per_s": result.images_per_s, "data": record}
+              "train_images_per_s": result.images_per_s, "data": record,
+              "distributed": distributed.describe(recipe.batch_size)}
     trunk = reg.add_trunk(arch=arch, width=width, source=name, num_params=trunk_params,
                           config=config, tensors=trunk_tensors)
 
@@ -127,8 +136,9 @@ def pretrain(reg: Registry, src: str, *, name: str | None, arch: str, width: flo
 
 
 def add_domain(reg: Registry, name: str, src: str, *, method: str, trunk: str | None,
-               opts: TrainOptions, source_domain: str | None = None) -> DomainVersionRecord:
-    """Train `name`'s own tensors against the frozen trunk and register them as a new version.
+               opts: TrainOptions, source_domain: str | None = None) -> DomainVersionRecord | None:
+    """Train `name`'s own tensors against the frozen trunk and register them as a new version (rank 0
+    only under torchrun; the other ranks return None).
     `source_domain`: which domain of `src` to read (a decathlon folder holds ten; default: `name`)."""
     from mdl.core.recipes import REBUFFI_DECAY_OTHER, default_weight_decay, published_recipe, weight_decay_groups
 
@@ -137,7 +147,8 @@ def add_domain(reg: Registry, name: str, src: str, *, method: str, trunk: str | 
     wd_groups = opts.wd_groups or published.wd_groups
     _recipe(opts, 0.0, wd_groups=wd_groups)  # bad options fail before any data is read
     reg.check_writable()
-    trunk_rec = pick_trunk(reg, method, trunk)
+    with distributed.rank_zero_first():  # a fresh registry's default trunk is imported once, by rank 0
+        trunk_rec = pick_trunk(reg, method, trunk)
     # a pretrained trunk's weights expect its own normalisation; a trunk pretrained here, the data's
     dd = open_data(src, source_domain or name, image_size=trunk_rec.config["image_size"], on_bad_image=opts.on_bad_image,
                    seed=opts.seed, mean_std=trunk_mean_std(trunk_rec))
@@ -169,6 +180,9 @@ def add_domain(reg: Registry, name: str, src: str, *, method: str, trunk: str | 
         snapshot=lambda: net.domain_state_dict(name),
         restore=lambda t: net.load_domain_state_dict(name, t), forward_kw={"domain": name})
     test_acc = _test_accuracy(net, dd, opts, dev, domain=name)
+    distributed.all_ok()  # every rank finished: only then does rank 0 register
+    if not distributed.is_main():
+        return None
     net.cpu()
     val_acc = None if math.isnan(result.best_accuracy) else result.best_accuracy  # NaN: val was trained on
     version = reg.add_domain_version(
@@ -176,7 +190,8 @@ def add_domain(reg: Registry, name: str, src: str, *, method: str, trunk: str | 
         accuracy=val_acc, trunk_id=trunk_rec.id, classes=list(dd.classes), data=record,
         config={"recipe": recipe.to_dict(), "history": result.history, "best_epoch": result.best_epoch,
                 "trained_on": recipe.train_on, "test_accuracy": test_acc, "train_images_per_s": result.images_per_s,
-                "device": str(dev.device), "resumed_from_epoch": result.resumed_from},
+                "device": str(dev.device), "resumed_from_epoch": result.resumed_from,
+                "distributed": distributed.describe(recipe.batch_size)},
         tensors=net.domain_state_dict(name),
         # An individually fine-tuned network is what the official decathlon baselines are: record it as the
         # domain's reference so `mdl score` can score custom domains.
