@@ -156,12 +156,14 @@ def predict(reg: Registry, default_domain: str, images: list[str], *, top_k: int
     dev.prepare(net).eval()
     with torch.no_grad(), dev.autocast():
         logits = net(dev.batch(torch.cat(batches)), domain=[name for name, _ in pairs]).float().cpu()
-    out = []
-    for (name, path), row in zip(pairs, logits):
-        v = versions[name]
-        probs = row[: v.num_classes].softmax(0)
-        top = probs.topk(min(top_k, v.num_classes))
-        out.append({"image": path, "domain": name, "version": v.version,
-                    "top": [{"class": str(v.classes[i]), "index": int(i), "probability": round(float(p), 4)}
-                            for p, i in zip(top.values, top.indices)]})
-    return out
+    return [{"image": path, "domain": name, "version": versions[name].version,
+             "top": top_classes(row, versions[name], top_k)} for (name, path), row in zip(pairs, logits)]
+
+
+def top_classes(row, v: DomainVersionRecord, top_k: int) -> list[dict[str, Any]]:
+    """A sample's top-k classes by probability (softmax over the version's own classes of its padded
+    logits row), named from the registry: what `mdl predict` and `mdl serve` answer."""
+    probs = row[: v.num_classes].float().softmax(0)
+    top = probs.topk(min(top_k, v.num_classes))
+    return [{"class": str(v.classes[i]), "index": int(i), "probability": round(float(p), 4)}
+            for p, i in zip(top.values, top.indices)]
