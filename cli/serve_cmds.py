@@ -33,12 +33,12 @@ def register(app: typer.Typer) -> None:
         from mdl.serve.server import bind, build, run
 
         reg = open_registry(home)
+        sock = bind(host, port)  # a taken port fails before seconds of loading
         service = build(reg, device=device.value, max_batch=max_batch, max_wait_ms=max_wait_ms, poll_s=poll_s,
                         max_upload_mb=max_upload_mb)
         snap = service.pool.snapshot
         for key, reason in snap.refused.items():
             info(f"[yellow]refused[/] {key}: {reason}")
-        sock = bind(host, port)
         shown = f"[{host}]" if ":" in host else host
         url = f"http://{shown}:{sock.getsockname()[1]}"
         run(service, sock, on_ready=lambda: info(
