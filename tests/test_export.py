@@ -3,6 +3,7 @@ forwards, and the ONNX / TorchScript files agree with PyTorch; a 3-domain Lite0 
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -110,3 +111,87 @@ def test_failed_check_leaves_no_file(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="unsupported format"):
         export_network(net, "tflite", tmp_path / "m.x", {}, image_size=16)
     assert json.dumps({}) == "{}"
+
+
+# ---------------------------------------------------------------------------------------------- the command
+
+
+@pytest.fixture(scope="module")
+def served_home(tmp_path_factory):
+    from _serve_helpers import make_registry
+
+    home = tmp_path_factory.mktemp("export") / "home"
+    make_registry(home, {"alpha": 3, "beta": 5, "gamma": 7})
+    return home
+
+
+def test_export_command_onnx_matches_mdl_predict(served_home, tmp_path):
+    pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
+    from _serve_helpers import png_bytes
+    from conftest import invoke
+
+    out = tmp_path / "three.onnx"
+    res = invoke("export", "gamma", "alpha", "beta", "--format", "onnx", "--out", str(out), "--json", home=served_home)
+    assert res.code == 0, res.stderr
+    report = res.json()
+    assert [d["name"] for d in report["domains"]] == ["gamma", "alpha", "beta"]
+    assert report["checked_against"] == "onnxruntime (CPU)" and all(c["max_abs_diff"] <= 1e-4 for c in report["checks"])
+    meta = read_meta(out)
+    shown = invoke("show", "alpha", "--json", home=served_home).json()["versions"][0]
+    assert meta["domains"][1]["classes"] == ["alpha-class0", "alpha-class1", "alpha-class2"]
+    assert (meta["domains"][1]["mean"], meta["domains"][1]["crop"]) == (shown["data"]["mean"], shown["data"]["crop"])
+    # preprocess with the metadata alone, run onnxruntime, and get what `mdl predict` says
+    from mdl.core.data.dataset import eval_batch
+    from mdl.core.data.transforms import decode_rgb_bytes
+
+    imgs = [tmp_path / f"{i}.png" for i in range(3)]
+    for i, p in enumerate(imgs):
+        p.write_bytes(png_bytes(100 + i))
+    order = [("beta", imgs[0]), ("gamma", imgs[1]), ("beta", imgs[2])]
+    names = [d["name"] for d in meta["domains"]]
+    x = torch.cat([eval_batch([decode_rgb_bytes(p.read_bytes())[0]],
+                              *(lambda m: (m["mean"], m["std"], m["image_size"], m["crop"]))(meta["domains"][names.index(d)]))
+                   for d, p in order])
+    idx = torch.tensor([names.index(d) for d, _ in order])
+    logits = torch.from_numpy(ort.InferenceSession(str(out)).run(["logits"], {"image": x.numpy(), "domain": idx.numpy()})[0])
+    res = invoke("predict", "beta", str(imgs[0]), f"gamma@{imgs[1]}", f"beta@{imgs[2]}", "--top-k", "1", "--json",
+                 "--device", "cpu", home=served_home)
+    for (d, _), row, want in zip(order, logits, res.json()):
+        m = meta["domains"][names.index(d)]
+        probs = row[: m["num_classes"]].softmax(0)
+        assert m["classes"][int(probs.argmax())] == want["top"][0]["class"]
+        assert abs(float(probs.max()) - want["top"][0]["probability"]) <= 2e-4
+
+
+@pytest.mark.parametrize("args,message", [
+    (["alpha", "nope", "--format", "onnx"], "unknown domain 'nope'"),
+    (["alpha", "--format", "tflite"], "unsupported --format 'tflite'"),
+    (["alpha", "alpha", "--format", "onnx"], "named twice"),
+])
+def test_export_command_bad_input_one_line_exit_1(served_home, tmp_path, args, message):
+    from conftest import invoke, tree_digest
+
+    before = tree_digest(served_home)
+    res = invoke("export", *args, "--out", str(tmp_path / "m.onnx"), home=served_home)
+    assert res.code == 1 and message in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert not (tmp_path / "m.onnx").exists() and tree_digest(served_home) == before
+
+
+def test_export_command_unwritable_out(served_home, tmp_path):
+    from conftest import invoke
+
+    res = invoke("export", "alpha", "--out", str(tmp_path / "missing" / "m.onnx"), home=served_home)
+    assert res.code == 1 and "does not exist" in res.stderr
+    res = invoke("export", "alpha", "--out", str(tmp_path), home=served_home)
+    assert res.code == 1 and "is a folder" in res.stderr
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as a user who can write anywhere (root)")
+        res = invoke("export", "alpha", "--out", str(locked / "m.onnx"), home=served_home)
+        assert res.code == 1 and "cannot write" in res.stderr
+    finally:
+        locked.chmod(0o700)
