@@ -49,7 +49,9 @@ def build(reg: Registry, *, device: str = "auto", max_batch: int = 32, max_wait_
 def bind(host: str, port: int) -> socket.socket:
     """The listening socket, bound here so a taken port is one clear error (and --port 0 picks one)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto must be IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on accepted sockets that say so, and
+    # without it every response on a kept-alive connection waits ~40 ms for the client's delayed ACK
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

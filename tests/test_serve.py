@@ -314,3 +314,22 @@ def test_serve_cli_errors(tmp_path, server):
     assert res.code == 1 and "cannot listen on 127.0.0.1" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     res = invoke("serve", home=tmp_path / "nowhere")
     assert res.code == 1 and "no mdl registry" in res.stderr
+
+
+def test_listening_socket_is_tcp_so_responses_are_not_held_back():
+    """asyncio sets TCP_NODELAY only on accepted sockets whose proto is IPPROTO_TCP; without it every
+    response on a kept-alive connection waited ~40 ms for the client's delayed ACK (found by the bench)."""
+    import socket
+
+    from mdl.serve.server import bind
+
+    sock = bind("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+        client = socket.create_connection(sock.getsockname())
+        conn, _ = sock.accept()
+        assert conn.proto == socket.IPPROTO_TCP  # what asyncio checks before setting TCP_NODELAY
+        conn.close()
+        client.close()
+    finally:
+        sock.close()
