@@ -348,7 +348,6 @@ class MultiDomainNet(nn.Module):
         if not r.order:
             raise KeyError("no domains in this network")
         r.idx = idx.long()
-        r.onehot = nn.functional.one_hot(r.idx, len(r.order)).to(x.dtype)
         r.per_sample, r.indexed = True, True
         try:
             return self.trunk(x)

@@ -14,10 +14,10 @@ outside the module tree so it is neither trained nor counted). Every wrapper of 
 * a soft-sharing gate: depthwise wrappers the gate covers mix all T mixed domains' outputs (eq. 8);
 * an *indexed* batch (eval only, for export): each sample's domain is a position in ``order`` given as
   a tensor, so no Python control flow depends on the data and the pass can be traced into a graph with
-  a dynamic batch: depthwise convs run the gate's all-domains grouped conv mixed with one-hot weights
-  (eq. 8 with s = one-hot is eq. 7), norms the same per-sample affines as a mixed batch, and dense
-  per-domain modules run every domain's copy on the whole batch, each sample keeping its own domain's
-  output (``torch.where``: exact, D times the compute of those layers).
+  a dynamic batch: norms apply the same per-sample affines as a mixed batch; every other per-domain
+  module (depthwise convs included: the per-sample fold above needs groups = B*C, which a graph with a
+  dynamic batch cannot have) runs each domain's copy on the whole batch and each sample keeps its own
+  domain's output (``torch.where``: exact; D times the work of those layers for D domains).
 """
 from __future__ import annotations
 
@@ -45,7 +45,6 @@ class Router:
         self.order: list[str] = []          # every registered domain, in stacking order
         self.per_sample = False             # mixed and in eval: per-sample stacked paths allowed
         self.indexed = False                # idx is the only assignment (traceable, eval): see module doc
-        self.onehot: torch.Tensor | None = None  # indexed: [B, D] one-hot of idx
         self.gate = None                    # GateSet of the single domain, when gated
         self.frozen_stats = False           # norms use running statistics and never update them
 
@@ -151,12 +150,8 @@ class PerDomainDepthwise(PerDomain):
             return layers.mixed_depthwise(convs[0], x, torch.stack([c.weight for c in convs]), mlp(x), bias)
         if r.domain is not None:
             return self.domains[r.domain](x)
-        if not r.per_sample:
+        if not r.per_sample or r.indexed:  # indexed: each domain's own conv (groups = C, static), selected
             return self.grouped(x)
-        if r.indexed:  # static shapes (groups = C): every domain's filters in one conv, one-hot mixed
-            w, b = self.stacked(lambda ms: (torch.stack([m.weight for m in ms]),
-                                            torch.stack([m.bias for m in ms]) if ms[0].bias is not None else None))
-            return layers.mixed_depthwise(self.template, x, w, r.onehot, b)
         w, b = self.stacked(lambda ms: (torch.stack([m.weight for m in ms]),
                                         torch.stack([m.bias for m in ms]) if ms[0].bias is not None else None))
         return layers.per_sample_depthwise(self.template, x, w[r.idx], None if b is None else b[r.idx])
