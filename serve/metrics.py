@@ -23,7 +23,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 def percentile(values, q: float) -> float:
     """Nearest-rank percentile of a non-empty sequence."""
     s = sorted(values)
-    return s[min(len(s) - 1, max(0, int(round(q * len(s) + 0.5)) - 1))]
+    return s[min(len(s) - 1, max(0, round(q * len(s) + 0.5) - 1))]
 
 
 class Metrics:

@@ -150,9 +150,8 @@ def test_export_command_onnx_matches_mdl_predict(served_home, tmp_path):
         p.write_bytes(png_bytes(100 + i))
     order = [("beta", imgs[0]), ("gamma", imgs[1]), ("beta", imgs[2])]
     names = [d["name"] for d in meta["domains"]]
-    x = torch.cat([eval_batch([decode_rgb_bytes(p.read_bytes())[0]],
-                              *(lambda m: (m["mean"], m["std"], m["image_size"], m["crop"]))(meta["domains"][names.index(d)]))
-                   for d, p in order])
+    prep = {m["name"]: (m["mean"], m["std"], m["image_size"], m["crop"]) for m in meta["domains"]}
+    x = torch.cat([eval_batch([decode_rgb_bytes(p.read_bytes())[0]], *prep[d]) for d, p in order])
     idx = torch.tensor([names.index(d) for d, _ in order])
     logits = torch.from_numpy(ort.InferenceSession(str(out)).run(["logits"], {"image": x.numpy(), "domain": idx.numpy()})[0])
     res = invoke("predict", "beta", str(imgs[0]), f"gamma@{imgs[1]}", f"beta@{imgs[2]}", "--top-k", "1", "--json",

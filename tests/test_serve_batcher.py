@@ -65,5 +65,5 @@ def test_stale_preprocessing_is_redone_and_gone_domains_fail_alone(pool):
     gone = item(pool, "alpha", 8)
     gone.domain = "removed-meanwhile"
     (v1, top1), (v2, top2), err = run(pool, [good, stale, gone], max_batch=8)[0]
-    assert top1 == top2 and torch.equal(good.x, stale.x)
+    assert v1.version == v2.version == 1 and top1 == top2 and torch.equal(good.x, stale.x)
     assert isinstance(err, DomainGone) and "removed-meanwhile" in str(err)
