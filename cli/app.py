@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from mdl.cli import data_cmd, db_cmd, methods_cmds, registry_cmds, trunk_cmd, workflow_cmds
+from mdl.cli import data_cmd, db_cmd, methods_cmds, registry_cmds, serve_cmds, trunk_cmd, workflow_cmds
 from mdl.cli._output import fail
 
 app = typer.Typer(
@@ -19,6 +19,7 @@ app = typer.Typer(
 registry_cmds.register(app)
 workflow_cmds.register(app)
 methods_cmds.register(app)
+serve_cmds.register(app)
 app.add_typer(trunk_cmd.app, name="trunk", help="Import pretrained trunks (ImageNet Lite0 offline, a weights file, timm).")
 app.add_typer(db_cmd.app, name="db", help="Registry database maintenance (schema upgrades).")
 app.add_typer(data_cmd.app, name="data", help="Look at a dataset before training on it; export builtin domains.")

@@ -180,12 +180,14 @@ def predict(reg: Registry, default_domain: str, images: list[str], *, top_k: int
             logits = net(dev.batch(torch.cat([batches[i] for i in ix])), domain=[pairs[i][0] for i in ix]).float().cpu()
         for i, row in zip(ix, logits):
             rows[i] = row
-    out = []
-    for (name, path), row in zip(pairs, rows):
-        v = versions[name]
-        probs = row[: v.num_classes].softmax(0)
-        top = probs.topk(min(top_k, v.num_classes))
-        out.append({"image": path, "domain": name, "version": v.version,
-                    "top": [{"class": str(v.classes[i]), "index": int(i), "probability": round(float(p), 4)}
-                            for p, i in zip(top.values, top.indices)]})
-    return out
+    return [{"image": path, "domain": name, "version": versions[name].version,
+             "top": top_classes(row, versions[name], top_k)} for (name, path), row in zip(pairs, rows)]
+
+
+def top_classes(row, v: DomainVersionRecord, top_k: int) -> list[dict[str, Any]]:
+    """A sample's top-k classes by probability (softmax over the version's own classes of its padded
+    logits row), named from the registry: what `mdl predict` and `mdl serve` answer."""
+    probs = row[: v.num_classes].float().softmax(0)
+    top = probs.topk(min(top_k, v.num_classes))
+    return [{"class": str(v.classes[i]), "index": int(i), "probability": round(float(p), 4)}
+            for p, i in zip(top.values, top.indices)]

@@ -238,11 +238,13 @@ def load_images(paths: Sequence[str | Path], dd_or_stats) -> torch.Tensor:
         crop = default_crop(image_size)
     if not paths:
         raise DataError("no image files given")
-    imgs = []
-    for p in paths:
-        img, _ = decode_rgb(p)
-        imgs.append(resize_shorter(img, image_size))
-    return BatchAugment(crop, mean, std, train=False, flip=False)(imgs)
+    return eval_batch([decode_rgb(p)[0] for p in paths], mean, std, image_size, crop)
+
+
+def eval_batch(images: Sequence[torch.Tensor], mean, std, image_size: int, crop: int) -> torch.Tensor:
+    """Evaluation preprocessing of decoded uint8 RGB images [3,H,W] (what `load_images` does after
+    decoding; `mdl serve` decodes uploads itself): resize the shorter side, centre crop, normalise."""
+    return BatchAugment(crop, mean, std, train=False, flip=False)([resize_shorter(img, image_size) for img in images])
 
 
 def finish_images(imgs: list[torch.Tensor]):

@@ -38,8 +38,20 @@ def decode_rgb(path: str | Path) -> tuple[torch.Tensor, int]:
     (1 grayscale, 2 grayscale+alpha, 3 RGB, 4 RGBA, CMYK for a CMYK JPEG). Raises DataError naming the
     path on failure."""
     path = Path(path)
+    return _decode(_read_bytes(path), path, lambda: path)
+
+
+def decode_rgb_bytes(data: bytes, label: str = "upload") -> tuple[torch.Tensor, int]:
+    """:func:`decode_rgb` for an image held in memory (an HTTP upload); errors name ``label``."""
+    import io
+
+    if not data:
+        raise DataError(f"cannot decode image {label}: empty")
+    return _decode(torch.frombuffer(bytearray(data), dtype=torch.uint8), label, lambda: io.BytesIO(data))
+
+
+def _decode(data: torch.Tensor, label, pillow_source) -> tuple[torch.Tensor, int]:
     try:
-        data = _read_bytes(path)
         img = decode_image(data, mode=ImageReadMode.UNCHANGED)
         channels = int(img.shape[0])
         if channels == 4 and bytes(data[:2].tolist()) == b"\xff\xd8":  # JPEG has no alpha: 4 channels are CMYK
@@ -49,13 +61,13 @@ def decode_rgb(path: str | Path) -> tuple[torch.Tensor, int]:
     except DataError:
         raise
     except Exception as exc:  # noqa: BLE001 - anything the decoders throw means "not an image we can read"
-        img, channels = _decode_with_pillow(path, exc)
+        img, channels = _decode_with_pillow(pillow_source(), exc, label)
     if img.ndim != 3 or img.shape[0] != 3 or img.shape[1] < 1 or img.shape[2] < 1:
-        raise DataError(f"cannot decode image {path}: unexpected shape {tuple(img.shape)}")
+        raise DataError(f"cannot decode image {label}: unexpected shape {tuple(img.shape)}")
     if img.dtype == torch.uint16:  # 16-bit PNGs: scale to 8 bits (65535 -> 255), as prediction's decoder does
         img = (img.to(torch.int32) // 257).to(torch.uint8)
     elif img.dtype != torch.uint8:
-        raise DataError(f"cannot decode image {path}: unsupported pixel type {img.dtype}")
+        raise DataError(f"cannot decode image {label}: unsupported pixel type {img.dtype}")
     return img, channels
 
 
@@ -67,17 +79,17 @@ def _read_bytes(path: Path) -> torch.Tensor:
     return read_file(str(path))
 
 
-def _decode_with_pillow(path: Path, first_exc: BaseException) -> tuple[torch.Tensor, int]:
+def _decode_with_pillow(source, first_exc: BaseException, label) -> tuple[torch.Tensor, int]:
     """Formats torchvision's decoders don't cover (BMP, TIFF): Pillow, then torchvision's to-tensor."""
     try:
         from PIL import Image
 
-        with Image.open(path) as im:
+        with Image.open(source) as im:
             bands = CMYK if im.mode == "CMYK" else len(im.getbands())
             img = F.pil_to_tensor(im.convert("RGB"))
         return img, bands
     except Exception:  # noqa: BLE001
-        raise DataError(f"cannot decode image {path}: {_reason(first_exc)}") from None
+        raise DataError(f"cannot decode image {label}: {_reason(first_exc)}") from None
 
 
 def _reason(exc: BaseException) -> str:

@@ -17,6 +17,9 @@ Forward
                                on the whole batch, per-domain dense modules once per domain on its
                                samples; in eval mode depthwise convs gather per-sample filters into one
                                grouped conv (paper eq. 7) and norms apply per-sample affines.
+    ``net(x, domain=idx)``     idx a LongTensor [B] of positions in ``list(net.domains)`` (eval only): the
+                               same padded logits with no Python branch on the data, so the pass traces
+                               into a graph with a dynamic batch (``mdl export``; see wrappers' doc).
 Norms
     A norm updates its statistics only in train mode and only if it belongs to the forwarded domain:
     shared norms are always in eval mode; gated forwards use running statistics and never update them.
@@ -313,6 +316,8 @@ class MultiDomainNet(nn.Module):
         Unknown names raise KeyError naming the registered domains.
         """
         r = self.router
+        if isinstance(domain, torch.Tensor):
+            return self._forward_indexed(x, domain, use_gate)
         if isinstance(domain, str):
             self._check_domain(domain)
             gate = self._check_gate(domain) if use_gate else None
@@ -341,6 +346,27 @@ class MultiDomainNet(nn.Module):
         pos = {d: i for i, d in enumerate(r.order)}
         r.groups, r.per_sample = groups, not self.training
         r.idx = torch.tensor([pos[n] for n in names], device=x.device)
+        try:
+            return self.trunk(x)
+        finally:
+            r.clear()
+
+    def _forward_indexed(self, x: torch.Tensor, idx: torch.Tensor, use_gate: bool = False) -> torch.Tensor:
+        if self.training:
+            raise ValueError("a domain index tensor drives eval-mode forwards only; call net.eval() first")
+        if use_gate:
+            raise ValueError("gated forwards take domain names, not a domain index tensor")
+        if idx.dim() != 1 or idx.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"domain index tensor must be integer [B], got {idx.dtype} {tuple(idx.shape)}")
+        if not torch.jit.is_tracing() and not torch.compiler.is_compiling() and idx.numel() and (
+                int(idx.min()) < 0 or int(idx.max()) >= len(self.domains)):
+            raise ValueError(f"domain index out of range 0..{len(self.domains) - 1}")
+        r = self.router
+        r.order = list(self.head.domains)
+        if not r.order:
+            raise KeyError("no domains in this network")
+        r.idx = idx.long()
+        r.per_sample, r.indexed = True, True
         try:
             return self.trunk(x)
         finally:

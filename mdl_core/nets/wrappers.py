@@ -11,7 +11,13 @@ outside the module tree so it is neither trained nor counted). Every wrapper of 
 * a mixed batch: dense per-domain modules run once per domain on that domain's samples (grouped); in
   eval mode depthwise convs run ONE grouped conv with per-sample filters (paper eq. 7) and norms a
   per-sample affine, from per-domain tensors stacked [D, ...] and cached until a tensor changes;
-* a soft-sharing gate: depthwise wrappers the gate covers mix all T mixed domains' outputs (eq. 8).
+* a soft-sharing gate: depthwise wrappers the gate covers mix all T mixed domains' outputs (eq. 8);
+* an *indexed* batch (eval only, for export): each sample's domain is a position in ``order`` given as
+  a tensor, so no Python control flow depends on the data and the pass can be traced into a graph with
+  a dynamic batch: norms apply the same per-sample affines as a mixed batch; every other per-domain
+  module (depthwise convs included: the per-sample fold above needs groups = B*C, which a graph with a
+  dynamic batch cannot have) runs each domain's copy on the whole batch and each sample keeps its own
+  domain's output (``torch.where``: exact; D times the work of those layers for D domains).
 """
 from __future__ import annotations
 
@@ -39,6 +45,7 @@ class Router:
         self.idx: torch.Tensor | None = None  # mixed: each sample's position in ``order``
         self.order: list[str] = []          # every registered domain, in stacking order
         self.per_sample = False             # mixed and in eval: per-sample stacked paths allowed
+        self.indexed = False                # idx is the only assignment (traceable, eval): see module doc
         self.gate = None                    # GateSet of the single domain, when gated
         self.frozen_stats = False           # norms use running statistics and never update them
 
@@ -97,6 +104,8 @@ class PerDomain(nn.Module):
         return self.grouped(x)
 
     def grouped(self, x, fn: Callable | None = None):
+        if self.router.indexed:
+            return self.selected([self.domains[d](x) if fn is None else fn(d, x) for d in self.router.order])
         out = None
         for d, ix in self.router.groups:
             xs = x.index_select(0, ix)
@@ -105,6 +114,16 @@ class PerDomain(nn.Module):
                 fmt = torch.channels_last if layers.channels_last(y) else torch.contiguous_format
                 out = torch.empty((x.shape[0],) + y.shape[1:], dtype=y.dtype, device=y.device, memory_format=fmt)
             out.index_copy_(0, ix, y)
+        return out
+
+    def selected(self, outputs: list[torch.Tensor]) -> torch.Tensor:
+        """Indexed batches: ``outputs[d]`` is domain d's module on the whole batch; sample i keeps
+        ``outputs[idx[i]][i]`` (``where`` selects exactly; no arithmetic on the other outputs)."""
+        idx = self.router.idx
+        out = outputs[0]
+        for d in range(1, len(outputs)):
+            pick = (idx == d).reshape((-1,) + (1,) * (out.dim() - 1))
+            out = torch.where(pick, outputs[d], out)
         return out
 
     def stacked(self, build: Callable[[list[nn.Module]], object]):
@@ -132,7 +151,7 @@ class PerDomainDepthwise(PerDomain):
             return layers.mixed_depthwise(convs[0], x, torch.stack([c.weight for c in convs]), mlp(x), bias)
         if r.domain is not None:
             return self.domains[r.domain](x)
-        if not r.per_sample:
+        if not r.per_sample or r.indexed:  # indexed: each domain's own conv (groups = C, static), selected
             return self.grouped(x)
         w, b = self.stacked(lambda ms: (torch.stack([m.weight for m in ms]),
                                         torch.stack([m.bias for m in ms]) if ms[0].bias is not None else None))
@@ -219,6 +238,11 @@ class PerDomainHead(PerDomain):
         r = self.router
         if r.domain is not None:
             return self.domains[r.domain](self._drop(r.domain, x))
+        if r.indexed:
+            ys = [self.domains[d](x) for d in r.order]
+            maxk = max(y.shape[1] for y in ys)
+            pad = [nn.functional.pad(y, (0, maxk - y.shape[1]), value=float("-inf")) for y in ys]
+            return self.selected(pad)
         maxk = max(self.domains[d].out_features for d, _ in r.groups)
         out = None
         for d, ix in r.groups:

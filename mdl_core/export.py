@@ -1,0 +1,160 @@
+"""A multi-domain network as one self-contained file: ONNX (checked with onnxruntime) or TorchScript.
+
+The exported graph takes ``image`` [B, 3, H, W] (float32, already normalised with the sample's own
+domain's mean/std) and ``domain`` [B] (int64, each sample's position in the exported domain list) and
+returns ``logits`` [B, max K], ``-inf`` beyond each sample's own class count: the network's indexed
+forward (``net(x, domain=idx)``, see :mod:`mdl.core.nets.wrappers`), which has no Python branch on the
+data, so one trace serves every batch size and every mix of domains. The domain list, each domain's
+preprocessing constants and class names travel in the file's metadata (``mdl.meta``, JSON).
+
+No database here: the caller (``mdl export``) gathers the domains' tensors and records.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+FORMATS = ("onnx", "torchscript")
+META_KEY = "mdl.meta"
+INPUTS = ("image", "domain")
+OUTPUT = "logits"
+OPSET = 17
+
+
+class IndexedNet(nn.Module):
+    """``forward(image, domain_index)`` of a MultiDomainNet in eval mode (the traced function)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net.eval()
+
+    def forward(self, image: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
+        return self.net(image, domain=domain)
+
+
+def example_inputs(num_domains: int, batch: int, size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded random images and a domain index cycling through every domain (a mixed batch)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 3, size, size, generator=g)
+    idx = torch.arange(batch) % num_domains
+    return x, idx[torch.randperm(batch, generator=g)]
+
+
+def reference_logits(net: nn.Module, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """What PyTorch gives for the batch through the network's ordinary mixed forward (domain names)."""
+    names = list(net.domains)
+    with torch.no_grad():
+        return net.eval()(x, domain=[names[int(i)] for i in idx])
+
+
+def compare(ref: torch.Tensor, got: torch.Tensor, tol: float) -> float:
+    """Max abs difference over the finite logits; raises if the -inf padding differs or a logit is off
+    by more than ``tol`` (absolute) + ``tol`` x |logit| (relative)."""
+    ref, got = ref.detach().float(), torch.as_tensor(got, dtype=torch.float32).detach()
+    if tuple(ref.shape) != tuple(got.shape):
+        raise ValueError(f"exported output shape {tuple(got.shape)} != PyTorch's {tuple(ref.shape)}")
+    finite = torch.isfinite(ref)
+    if not torch.equal(finite, torch.isfinite(got)):
+        raise ValueError("exported output disagrees with PyTorch on which logits are padding (-inf)")
+    diff = (ref[finite] - got[finite]).abs()
+    worst = float(diff.max()) if diff.numel() else 0.0
+    bound = tol + tol * ref[finite].abs()
+    if bool((diff > bound).any()):
+        raise ValueError(f"exported network disagrees with PyTorch: max abs difference {worst:.3g} > {tol:g}")
+    return worst
+
+
+def _export_onnx(model: IndexedNet, x: torch.Tensor, idx: torch.Tensor, path: Path, meta: dict) -> None:
+    import onnx
+
+    with torch.no_grad():
+        torch.onnx.export(model, (x, idx), str(path), input_names=list(INPUTS), output_names=[OUTPUT],
+                          dynamic_axes={"image": {0: "batch"}, "domain": {0: "batch"}, OUTPUT: {0: "batch"}},
+                          opset_version=OPSET, dynamo=False)
+    proto = onnx.load(str(path))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = META_KEY, json.dumps(meta)
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+
+
+def onnx_session(path: Path, threads: int | None = None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        # no busy-waiting between runs: spinning threads would take the cores from whatever runs next
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def read_meta(path: Path) -> dict:
+    """The ``mdl.meta`` JSON of an exported file (either format)."""
+    path = Path(path)
+    if path.suffix == ".onnx" or path.read_bytes()[:4] != b"PK\x03\x04":
+        import onnx
+
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        return json.loads(props[META_KEY])
+    files = {META_KEY: ""}
+    torch.jit.load(str(path), map_location="cpu", _extra_files=files)
+    return json.loads(files[META_KEY])
+
+
+def _run_exported(fmt: str, path: Path, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    if fmt == "onnx":
+        sess = onnx_session(path)
+        return torch.from_numpy(sess.run([OUTPUT], {"image": x.numpy(), "domain": idx.numpy()})[0])
+    module = torch.jit.load(str(path), map_location="cpu")
+    with torch.no_grad():
+        return module(x, idx)
+
+
+def export_network(net: nn.Module, fmt: str, out: Path, meta: dict[str, Any], *, image_size: int,
+                   tol: float = 1e-4, check_batches: tuple[int, ...] = (6, 3), seed: int = 0) -> dict[str, Any]:
+    """Write ``net`` (eval, CPU, float32) to ``out`` in ``fmt`` and check the written file against
+    PyTorch's mixed forward on seeded random inputs at two batch sizes (the graph's batch is dynamic);
+    the file lands at ``out`` (atomically) only if the check passes. Returns what was checked."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unsupported format {fmt!r}: choose {' or '.join(FORMATS)}")
+    net = net.cpu().float().eval()
+    model = IndexedNet(net)
+    d = len(net.domains)
+    x, idx = example_inputs(d, max(check_batches[0], d), image_size, seed)
+    out = Path(out)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():  # tracer notes on shapes fixed at trace time (channels, class counts)
+            warnings.simplefilter("ignore")
+            if fmt == "onnx":
+                _export_onnx(model, x, idx, tmp, meta)
+            else:  # torch.jit.script cannot compile the wrappers' name-keyed routing: traced instead
+                with torch.no_grad():
+                    traced = torch.jit.trace(model, (x, idx), check_trace=False)
+                torch.jit.save(traced, str(tmp), _extra_files={META_KEY: json.dumps(meta)})
+        seconds = time.perf_counter() - t0
+        checks = []
+        for i, b in enumerate(check_batches):
+            cx, cidx = example_inputs(d, max(b, d), image_size, seed + 1 + i)
+            worst = compare(reference_logits(net, cx, cidx), _run_exported(fmt, tmp, cx, cidx), tol)
+            checks.append({"batch": int(cx.shape[0]), "max_abs_diff": worst})
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return {"file": str(out), "format": fmt, "bytes": out.stat().st_size, "export_seconds": round(seconds, 2),
+            "checked_against": "onnxruntime (CPU)" if fmt == "onnx" else "torch.jit.load",
+            "tolerance": tol, "checks": checks}
