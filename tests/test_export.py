@@ -136,7 +136,10 @@ def test_export_command_onnx_matches_mdl_predict(served_home, tmp_path):
     assert res.code == 0, res.stderr
     report = res.json()
     assert [d["name"] for d in report["domains"]] == ["gamma", "alpha", "beta"]
-    assert report["checked_against"] == "onnxruntime (CPU)" and all(c["max_abs_diff"] <= 1e-4 for c in report["checks"])
+    # the command's own bound: 1e-4 absolute + 1e-4 x |logit| (this toy's perturbed logits reach the tens;
+    # the Lite0 test above holds the absolute 1e-4)
+    assert report["checked_against"] == "onnxruntime (CPU)" and report["tolerance"] == 1e-4
+    assert all(c["max_abs_diff"] <= 1e-3 for c in report["checks"])
     meta = read_meta(out)
     shown = invoke("show", "alpha", "--json", home=served_home).json()["versions"][0]
     assert meta["domains"][1]["classes"] == ["alpha-class0", "alpha-class1", "alpha-class2"]
