@@ -12,19 +12,13 @@ from mdl.cli._output import CliError, Home, Json, emit_json, info, out
 from mdl.cli.registry_cmds import open_registry, version_row
 from mdl.cli.threads import Threads
 from mdl.cli.threads import apply as apply_threads
-from mdl.cli.workflow_cmds import BadImage, BatchSize, Device, DeviceOpt, OnBadImage, Seed, Workers, _check_data
+from mdl.cli.workflow_cmds import (BadImage, BatchSize, Device, DeviceOpt, OnBadImage, Seed, Workers, _check_data,
+                                   _train_options)
 
 
 class Variant(str, Enum):
     bn = "bn"
     instance_norm = "instance-norm"
-
-
-def _options(epochs, lr, batch_size, wd, device, workers, seed, on_bad_image):
-    from mdl.cli.jobs.train import TrainOptions
-
-    return TrainOptions(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=wd, device=device.value,
-                        workers=workers, seed=seed, on_bad_image=on_bad_image.value)
 
 
 def register(app: typer.Typer) -> None:
@@ -47,7 +41,7 @@ def register(app: typer.Typer) -> None:
 
         reg = open_registry(home)
         res = compress(reg, domains or None, rank_ratio=rank_ratio,
-                       opts=_options(epochs, lr, batch_size, wd, device, workers, seed, on_bad_image))
+                       opts=_train_options(epochs, lr, batch_size, device, workers, seed, on_bad_image, resume=False, wd=wd))
         rep = res.report
         if as_json:
             emit_json({"group": rep, "domains": res.rows, "versions": [version_row(v) for v in res.versions]})
@@ -86,7 +80,7 @@ def register(app: typer.Typer) -> None:
 
         reg = open_registry(home)
         new_trunk, versions = run(reg, data, names=name, variant=variant.value, trunk=trunk,
-                                  opts=_options(epochs, lr, batch_size, wd, device, workers, seed, on_bad_image))
+                                  opts=_train_options(epochs, lr, batch_size, device, workers, seed, on_bad_image, resume=False, wd=wd))
         if as_json:
             emit_json({"trunk": new_trunk.label, "num_params": new_trunk.num_params,
                        "domains": [version_row(v) for v in versions]})

@@ -21,6 +21,14 @@ SOURCE_METHODS = ("dw", "bn", "classifier-only")
 TRUNK_RE = re.compile(r"^(?P<arch>[A-Za-z0-9_./-]+?)(?::v(?P<version>\d+))?$")
 
 
+BN_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")  # buffers, not parameters
+
+
+def learnable_params(tensors: dict) -> int:
+    """Parameters in a trunk state dict (what a trunk row's num_params counts): BN statistics excluded."""
+    return sum(v.numel() for k, v in tensors.items() if not k.endswith(BN_STATISTICS))
+
+
 def source_method(arch: str, width: float = 1.0) -> str:
     return next(m for m in SOURCE_METHODS if compatible(arch, m, width))
 

@@ -16,8 +16,9 @@ as a new version on that trunk. Everything is trained and evaluated before anyth
 from __future__ import annotations
 
 from mdl.cli._output import info
-from mdl.cli.jobs.common import data_record, loaders, open_data, pick_trunk, progress, trunk_mean_std
-from mdl.cli.jobs.train import BN_STATISTICS, TrainOptions, _recipe, _test_accuracy, default_name
+from mdl.cli.jobs.common import (data_record, learnable_params, loaders, open_data, pick_trunk, progress,
+                                 trunk_mean_std)
+from mdl.cli.jobs.train import TrainOptions, _recipe, _test_accuracy, default_name
 from mdl.registry.store import DomainVersionRecord, Registry, TrunkRecord, check_name
 
 VARIANTS = {"bn": "bn", "instance-norm": "classifier-only"}  # variant -> the method its domains are registered with
@@ -114,7 +115,7 @@ def joint_train(reg: Registry, sources: list[str], *, names: list[str] | None, v
     net.cpu()
     arch = net.arch
     trunk_tensors = net.trunk_state_dict(names[0] if variant == "bn" else None)
-    trunk_params = sum(v.numel() for k, v in trunk_tensors.items() if not k.endswith(BN_STATISTICS))
+    trunk_params = learnable_params(trunk_tensors)
     joint = {"variant": variant, "domains": names, "based_on": base.label, "sampler": "round-robin, one step per batch",
              "rounds_per_epoch": rounds or max(len(dl) for dl in train.values()),
              "val_mean_accuracy": result.best_mean_accuracy}
@@ -128,10 +129,10 @@ def joint_train(reg: Registry, sources: list[str], *, names: list[str] | None, v
                               tensors=trunk_tensors, provenance={"source": f"joint training ({variant}) from {base.label}",
                                                                  **{k: v for k, v in base.provenance.items()
                                                                     if k in ("library", "library_version", "model_name")}})
-    versions = []
+    versions, own = [], net.parameter_counts()["domains"]
     for n, dd in data.items():
         versions.append(reg.add_domain_version(
-            name=n, method=method, num_classes=dd.num_classes, domain_params=net.parameter_counts()["domains"][n],
+            name=n, method=method, num_classes=dd.num_classes, domain_params=own[n],
             accuracy=result.best_accuracy[n], trunk_id=new_trunk.id, classes=list(dd.classes), data=records[n],
             config={"joint": joint, "recipe": recipe.to_dict(), "history": result.history,
                     "best_epoch": result.best_epoch, "test_accuracy": tests[n], "device": str(dev.device)},

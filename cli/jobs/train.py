@@ -5,13 +5,12 @@ import math
 from dataclasses import dataclass
 
 from mdl.cli._output import info
-from mdl.cli.jobs.common import (NetworkLoader, data_record, loaders, open_data, pick_trunk, progress, run_key,
-                             source_method, trunk_mean_std)
+from mdl.cli.jobs.common import (NetworkLoader, data_record, learnable_params, loaders, open_data, pick_trunk,
+                                 progress, run_key, source_method, trunk_mean_std)
 from mdl.core import distributed
 from mdl.registry.store import DomainVersionRecord, Registry, TrunkRecord, check_name
 
 
-BN_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")  # buffers, not parameters
 
 
 @dataclass
@@ -112,7 +111,7 @@ def pretrain(reg: Registry, src: str, *, name: str | None, arch: str, width: flo
     net.cpu()
     trunk_tensors = net.trunk_state_dict(name)
     head = {k: v for k, v in net.domain_state_dict(name).items() if k.startswith("head.")}
-    trunk_params = sum(v.numel() for k, v in trunk_tensors.items() if not k.endswith(BN_STATISTICS))
+    trunk_params = learnable_params(trunk_tensors)
     config = {"image_size": dd.image_size, "crop": dd.crop, "recipe": recipe.to_dict(), "history": result.history,
               "best_epoch": result.best_epoch, "val_accuracy": result.best_accuracy, "device": str(dev.device),
               "train_images_per_s": result.images_per_s, "data": record,

@@ -66,7 +66,7 @@ def import_trunk(reg: Registry, *, arch: str, path: str | None = None, from_timm
     from mdl.core.nets.wrappers import NBT
     from mdl.registry.store import check_name
 
-    from mdl.cli.jobs.common import source_method
+    from mdl.cli.jobs.common import learnable_params, source_method
 
     check_name(source_name)
     state, cfg, provenance = _weights(arch, path, from_timm)
@@ -75,7 +75,7 @@ def import_trunk(reg: Registry, *, arch: str, path: str | None = None, from_timm
     if cfg is None:  # a timm model's own pretrained config
         cfg = dict(getattr(shared.trunk, "pretrained_cfg", None) or {})
     trunk_tensors = shared.trunk_state_dict()
-    num_params = sum(v.numel() for k, v in trunk_tensors.items() if not k.endswith(("running_mean", "running_var")))
+    num_params = learnable_params(trunk_tensors)
     cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
     provenance["pretrained_cfg"] = cfg
     config = {"image_size": image_size, "pretrained_cfg": cfg, "imported": True}
@@ -113,6 +113,7 @@ def import_reference(reg: Registry, path: str, *, layout: str, names: list[str] 
     """A checkpoint of the papers' reference code (``net.state_dict()`` of their ResNet-26): the shared
     tensors become a trunk version, task t becomes domain ``names[t]`` (task 0 the trunk's source
     domain) with the method the checkpoint was trained with. See :mod:`mdl.core.nets.reference`."""
+    from mdl.cli.jobs.common import learnable_params
     from mdl.core import create_network, pretrained
     from mdl.core.nets.reference import LAYOUTS, load_reference, split_reference_state
     from mdl.registry.store import check_name
@@ -130,7 +131,7 @@ def import_reference(reg: Registry, path: str, *, layout: str, names: list[str] 
     net = create_network(ckpt.arch, method=ckpt.method, width=ckpt.width)
     load_reference(net, ckpt, names)  # strict: nothing registered unless every tensor found its place
     trunk_tensors = net.trunk_state_dict(names[0])
-    num_params = sum(v.numel() for k, v in trunk_tensors.items() if not k.endswith(("running_mean", "running_var")))
+    num_params = learnable_params(trunk_tensors)
     provenance = {"source": f"file {file.resolve()}", "weights_sha256": sha256_file(file), "library": "reference",
                   "reference_layout": layout, "read_from": LAYOUTS[layout].read_from}
     # The references normalise each dataset with its own statistics: new domains compute theirs.

@@ -39,3 +39,17 @@ class Method:
         paths = list(dict.fromkeys(self.parts(layout) + [layout.head]))
         keep = [p for p in paths if not any(p.startswith(q + ".") for q in paths if q != p)]
         return {p: self.wrapper_for(p, layout) for p in keep}
+
+
+class DenseAdapterMethod(Method):
+    """Residual adapters (Rebuffi et al.): an ``adapter`` wrapper on every dense kxk conv (k > 1), plus
+    every norm and the head per domain."""
+
+    needs, needs_what = "dense_spatial", "dense kxk convolutions to adapt"
+    adapter: type = PerDomain  # the wrapper class a subclass attaches to each dense kxk conv
+
+    def parts(self, layout):
+        return layout.dense_spatial + layout.norms
+
+    def wrapper_for(self, path, layout):
+        return self.adapter if path in layout.dense_spatial else super().wrapper_for(path, layout)

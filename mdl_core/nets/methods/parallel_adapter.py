@@ -13,7 +13,7 @@ from torch import nn
 from .. import layers
 from ..registry import register_method
 from ..wrappers import PerDomain
-from .base import Method
+from .base import DenseAdapterMethod
 
 
 class ParallelAdapter(PerDomain):
@@ -73,12 +73,6 @@ class ParallelAdapter(PerDomain):
 
 
 @register_method("parallel-adapter")
-class ParallelAdapterMethod(Method):
-    needs, needs_what = "dense_spatial", "dense kxk convolutions to adapt"
+class ParallelAdapterMethod(DenseAdapterMethod):
     fusable = True
-
-    def parts(self, layout):
-        return layout.dense_spatial + layout.norms
-
-    def wrapper_for(self, path, layout):
-        return ParallelAdapter if path in layout.dense_spatial else super().wrapper_for(path, layout)
+    adapter = ParallelAdapter

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import register_method
-from .base import Method
+from .base import DenseAdapterMethod
 from .parallel_adapter import ParallelAdapter
 
 
@@ -73,11 +73,5 @@ class SVDParallelAdapter(ParallelAdapter):
 
 
 @register_method("parallel-adapter-svd")
-class SVDParallelAdapterMethod(Method):
-    needs, needs_what = "dense_spatial", "dense kxk convolutions to adapt"
-
-    def parts(self, layout):
-        return layout.dense_spatial + layout.norms
-
-    def wrapper_for(self, path, layout):
-        return SVDParallelAdapter if path in layout.dense_spatial else super().wrapper_for(path, layout)
+class SVDParallelAdapterMethod(DenseAdapterMethod):
+    adapter = SVDParallelAdapter

@@ -5,7 +5,7 @@ from torch import nn
 
 from ..registry import register_method
 from ..wrappers import PerDomain
-from .base import Method
+from .base import DenseAdapterMethod
 
 
 class SeriesBranch(nn.Module):
@@ -43,11 +43,5 @@ class SeriesAdapter(PerDomain):
 
 
 @register_method("series-adapter")
-class SeriesAdapterMethod(Method):
-    needs, needs_what = "dense_spatial", "dense kxk convolutions to adapt"
-
-    def parts(self, layout):
-        return layout.dense_spatial + layout.norms
-
-    def wrapper_for(self, path, layout):
-        return SeriesAdapter if path in layout.dense_spatial else super().wrapper_for(path, layout)
+class SeriesAdapterMethod(DenseAdapterMethod):
+    adapter = SeriesAdapter
