@@ -29,11 +29,28 @@ def main() -> None:
     """Console entry point: Typer handles --help and usage errors (exit 2); any other failure becomes
     one red line on stderr and exit 1."""
     try:
-        app()
-    except SystemExit:
+        try:
+            app()
+        except SystemExit:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - the CLI boundary: nothing escapes as a traceback
+            fail(exc)
+    except SystemExit as done:
+        _leave_torchrun(done.code)
         raise
-    except BaseException as exc:  # noqa: BLE001 - the CLI boundary: nothing escapes as a traceback
-        fail(exc)
+
+
+def _leave_torchrun(code) -> None:
+    """A process that ran in a torchrun group ends here, without the interpreter's teardown
+    (mdl.core.distributed.exit_process says why); any other process exits normally."""
+    import sys
+
+    if "mdl.core.distributed" in sys.modules:  # only commands that train import it
+        from mdl.core import distributed
+
+        if isinstance(code, str):  # sys.exit("message") prints it; os._exit would not
+            print(code, file=sys.stderr)
+        distributed.exit_process(code if isinstance(code, int) else (0 if code is None else 1))
 
 
 if __name__ == "__main__":

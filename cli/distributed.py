@@ -36,6 +36,7 @@ def session(sync_bn: bool = False):
             err.quiet = out.quiet = True
             with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
                 yield False
+        dist.finish()  # every rank leaves together, after rank 0 registered
     except (SystemExit, KeyboardInterrupt):
         raise
     except Exception as exc:  # becomes the one-line error of this rank

@@ -220,6 +220,27 @@ def test_single_process_is_untouched(monkeypatch):
     assert distributed.describe(64) == {"world_size": 1, "backend": None, "global_batch_size": 64,
                                         "per_rank_batch_size": 64, "sync_bn": False}
     distributed.shutdown()
+    distributed.exit_process(0)  # never joined a group: returns, the process goes on
+    assert not distributed._state["joined"]
+
+
+EXIT_SCRIPT = """
+import atexit, sys
+from mdl.core import distributed
+atexit.register(lambda: print("exit handler ran", flush=True))
+distributed._state["joined"] = True  # as after shutdown() in a torchrun rank
+sys.stdout.write("result without newline")  # buffered: must still be written
+sys.stderr.write("note on stderr")
+distributed.exit_process(3)
+print("not reached")
+"""
+
+
+def test_a_torchrun_rank_exits_without_teardown_but_runs_handlers_and_flushes():
+    """What every torchrun rank does at the end (cli/app.py): exit handlers, flushed output, its exit code."""
+    proc = subprocess.run([sys.executable, "-c", EXIT_SCRIPT], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 3
+    assert proc.stdout == "result without newlineexit handler ran\n" and proc.stderr == "note on stderr"
 
 
 def test_padding_of_the_evaluation_sampler_is_masked():
