@@ -36,7 +36,7 @@ def session(sync_bn: bool = False):
             err.quiet = out.quiet = True
             with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
                 yield False
-        dist.finish()  # every rank leaves together, after rank 0 registered
+        dist.all_ok()  # every rank leaves together, after rank 0 registered: none exits while a peer still talks to it
     except (SystemExit, KeyboardInterrupt):
         raise
     except Exception as exc:  # becomes the one-line error of this rank

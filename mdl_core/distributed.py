@@ -87,14 +87,6 @@ def init(sync_bn: bool = False) -> bool:
     return True
 
 
-def finish() -> None:
-    """Wait for every rank at the end of a run that succeeded here (rank 0 may still be registering
-    while the others are done), so that the ranks leave together and none exits while a peer still
-    talks to it. Raises if a peer failed meanwhile."""
-    if active() and world_size() > 1:
-        dist.barrier()
-
-
 def shutdown() -> None:
     """Leave the process group (see `exit_process` for why that is not the whole teardown)."""
     _state["sync_bn"] = False
@@ -119,7 +111,7 @@ def exit_process(code: int) -> None:
     import atexit
     import sys
 
-    if not _state.get("joined"):
+    if not _state["joined"]:
         return
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
