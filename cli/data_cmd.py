@@ -21,7 +21,8 @@ class OnBad(str, Enum):
     fail = "fail"
 
 
-Src = Annotated[str, typer.Argument(help="A decathlon root (annotations/*.json), an ImageFolder tree, or builtin:NAME.")]
+Src = Annotated[str, typer.Argument(help="A decathlon root (annotations/*.json), an MNIST-format (IDX) folder, "
+                                         "an ImageFolder tree, or builtin:NAME.")]
 Domain = Annotated[Optional[str], typer.Option("--domain", help="Domain NAME inside a decathlon root.")]
 ImageSize = Annotated[int, typer.Option("--image-size", help="Shorter side after resizing (benchmark: 72).")]
 OnBadImage = Annotated[OnBad, typer.Option("--on-bad-image", help="Undecodable image: fail (default) or skip and count.")]
@@ -29,13 +30,16 @@ OnBadImage = Annotated[OnBad, typer.Option("--on-bad-image", help="Undecodable i
 
 @app.command()
 def inspect(src: Src, domain: Domain = None, image_size: ImageSize = 72, on_bad_image: OnBadImage = OnBad.fail,
-            seed: Annotated[int, typer.Option(help="Seed of the train/val split of a single ImageFolder tree.")] = 0,
+            seed: Annotated[int, typer.Option(help="Seed of the train/val split (ImageFolder tree, IDX folder) and subsets.")] = 0,
+            train_images: Annotated[Optional[int], typer.Option("--train-images", min=1, help="A seeded, stratified subset of the training split.")] = None,
+            val_images: Annotated[Optional[int], typer.Option("--val-images", min=1, help="A seeded, stratified subset of the validation split.")] = None,
             threads: Threads = None, json: Json = False) -> None:
     """Show what the tool reads from SRC: classes, split sizes, image sizes, mean/std, problems."""
     apply_threads(threads)
     from mdl.core.data import open_source
 
-    dd = open_source(src, domain, image_size=image_size, on_bad_image=on_bad_image.value, seed=seed, log=info)
+    dd = open_source(src, domain, image_size=image_size, on_bad_image=on_bad_image.value, seed=seed, log=info,
+                     train_images=train_images, val_images=val_images)
     s = dd.summary()
     if json:
         emit_json(s)

@@ -15,6 +15,7 @@ from mdl.cli.distributed import session as distributed_session
 from mdl.cli.threads import Threads
 from mdl.cli.threads import apply as apply_threads
 from mdl.cli.registry_cmds import open_registry, resolve_home, version_row
+from mdl.core import recipes
 
 
 class Placement(str, Enum):
@@ -45,10 +46,15 @@ class GateScope(str, Enum):  # mdl.core.nets.gate.SCOPES
     gate_domain = "gate+domain"
 
 
-class RecipeName(str, Enum):  # mdl.core.recipes.PUBLISHED_RECIPES
-    mdl = "mdl"
-    guo2019 = "guo2019"
-    rebuffi2018 = "rebuffi2018"
+def _choices(name: str, values) -> type[Enum]:
+    """A Typer choice type whose values are the core's own table (never a hand copy)."""
+    return Enum(name, {v.replace("+", "_").replace("-", "_"): v for v in values}, type=str)
+
+
+RecipeName = _choices("RecipeName", (recipes.AUTO, *recipes.PUBLISHED_RECIPES))
+OptimizerName = _choices("OptimizerName", recipes.OPTIMIZERS)
+ScheduleName = _choices("ScheduleName", recipes.SCHEDULES)
+BnStats = _choices("BnStats", recipes.BN_POLICIES)
 
 
 class WdGroups(str, Enum):  # mdl.core.recipes.WD_GROUPS
@@ -61,7 +67,7 @@ class TrainOn(str, Enum):  # mdl.core.recipes.TRAIN_ON
     train_val = "train+val"
 
 
-Data = Annotated[str, typer.Option("--data", help="Decathlon folder, ImageFolder tree, or builtin:NAME.")]
+Data = Annotated[str, typer.Option("--data", help="Decathlon folder, MNIST-format (IDX) folder, ImageFolder tree, or builtin:NAME.")]
 Epochs = Annotated[int, typer.Option("--epochs", min=1, help="Training epochs (lr decays x0.1 at 50% and 75%).")]
 Lr = Annotated[float, typer.Option("--lr", help="Initial SGD learning rate.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help=(
@@ -72,6 +78,10 @@ Workers = Annotated[int, typer.Option("--workers", min=0, help="Data-loading wor
 Seed = Annotated[int, typer.Option("--seed", min=0, help="Random seed (shuffling, initialisation, splits).")]
 BadImage = Annotated[OnBadImage, typer.Option("--on-bad-image", help="Skip (and count) or fail on undecodable images.")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue the killed run with the same settings.")]
+RecipeLr = Annotated[Optional[float], typer.Option("--lr", help=(
+    "Learning rate of the tensors copied from the trunk (default: the recipe's: 0.1 for the papers' recipe, "
+    "the transfer recipe's on a pretrained trunk)."))]
+SubsetImages = "A seeded, stratified subset of this many {} images (default: all)."
 
 
 def _check_data(src: str) -> None:
@@ -128,12 +138,25 @@ def register(app: typer.Typer) -> None:
         method: Annotated[str, typer.Option("--method", help="Adapter type (see DESIGN: dw, dw-sharing, bn, ...).")] = "dw",
         trunk: Annotated[Optional[str], typer.Option("--trunk", help="ARCH or ARCH:vN (default: newest compatible; a fresh registry imports timm/tf_efficientnet_lite0).")] = None,
         source_domain: Annotated[Optional[str], typer.Option("--domain", help="Which domain of SRC to read (a decathlon folder holds several; default: NAME).")] = None,
-        epochs: Epochs = 10, lr: Lr = 0.1, batch_size: BatchSize = 64,
-        wd: Annotated[Optional[float], typer.Option("--wd", min=0.0, help="Weight decay (default: per dataset; "
-                                                    "with --wd-groups rebuffi the norms' and classifier's, 5e-4).")] = None,
-        recipe: Annotated[RecipeName, typer.Option("--recipe", help="Published recipe: mdl (one input size for all "
-                          "domains), guo2019 or rebuffi2018 (the references' per-domain preprocessing; guo2019 adds "
-                          "dropout 0.5 for gtsrb, ucf101, daimlerpedcls).")] = RecipeName.mdl,
+        epochs: Epochs = 10, lr: RecipeLr = None, batch_size: BatchSize = 64,
+        wd: Annotated[Optional[float], typer.Option("--wd", min=0.0, help="Weight decay (default: the recipe's; the "
+                      "papers' is per dataset; with --wd-groups rebuffi the norms' and classifier's, 5e-4).")] = None,
+        recipe: Annotated[RecipeName, typer.Option("--recipe", help="auto: transfer on a trunk pretrained elsewhere "
+                          "(ImageNet Lite0, timm weights), mdl (the paper's SGD schedule) on a trunk pretrained here; "
+                          "guo2019 or rebuffi2018: the references' per-domain preprocessing (guo2019 adds "
+                          "dropout 0.5 for gtsrb, ucf101, daimlerpedcls).")] = RecipeName("auto"),
+        head_lr: Annotated[Optional[float], typer.Option("--head-lr", help="Learning rate of the new tensors (head, "
+                           "adapters); default: the recipe's (transfer: 10x --lr; the papers': --lr).")] = None,
+        optimizer: Annotated[Optional[OptimizerName], typer.Option("--optimizer", help="Default: the recipe's.")] = None,
+        schedule: Annotated[Optional[ScheduleName], typer.Option("--schedule", help="step (x0.1 at 50% and 75%) or "
+                            "cosine; default: the recipe's.")] = None,
+        bn_stats: Annotated[Optional[BnStats], typer.Option("--bn-stats", help="The domain's BN running statistics: "
+                            "batch (train on batch statistics), keep (the trunk's, unchanged; affines train), adabn "
+                            "(re-estimated in one pass, then kept), adabn+batch; default: the recipe's.")] = None,
+        probe_epochs: Annotated[Optional[int], typer.Option("--probe-epochs", min=0, help="LP-FT: train only the new "
+                                "tensors for this many of the epochs first; default: the recipe's.")] = None,
+        train_images: Annotated[Optional[int], typer.Option("--train-images", min=1, help=SubsetImages.format("training"))] = None,
+        val_images: Annotated[Optional[int], typer.Option("--val-images", min=1, help=SubsetImages.format("validation"))] = None,
         wd_groups: Annotated[Optional[WdGroups], typer.Option("--wd-groups", help="Weight-decay grouping: guo (one "
                              "per-dataset decay; default) or rebuffi (by kernel: 3x3 1e-4, 1x1 1e-4, the rest --wd).")] = None,
         train_on: Annotated[TrainOn, typer.Option("--train-on", help="train (pick the best epoch on val) or "
@@ -152,7 +175,10 @@ def register(app: typer.Typer) -> None:
 
         reg = open_registry(home)
         opts = replace(_train_options(epochs, lr, batch_size, device, workers, seed, on_bad_image, resume, wd),
-                       recipe=recipe.value, wd_groups=wd_groups.value if wd_groups else None, train_on=train_on.value)
+                       recipe=recipe.value, wd_groups=wd_groups.value if wd_groups else None, train_on=train_on.value,
+                       head_lr=head_lr, optimizer=optimizer.value if optimizer else None,
+                       schedule=schedule.value if schedule else None, bn_stats=bn_stats.value if bn_stats else None,
+                       probe_epochs=probe_epochs, train_images=train_images, val_images=val_images)
         with distributed_session(sync_bn) as main:
             version = run(reg, name, data, method=method, trunk=trunk, source_domain=source_domain, opts=opts)
         if not main:  # another torchrun rank: rank 0 reports

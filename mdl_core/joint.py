@@ -24,7 +24,7 @@ from torch import nn
 
 from mdl.core import threads
 from mdl.core.recipes import Recipe
-from mdl.core.training import DeviceSetup, Diverged, accuracy
+from mdl.core.training import DeviceSetup, Diverged, accuracy, make_optimizer, set_lr
 
 Tensors = dict[str, torch.Tensor]
 
@@ -74,14 +74,12 @@ def fit_joint(net: nn.Module, params: list[nn.Parameter], train_loaders: dict[st
               rounds: int | None = None, progress=None) -> JointResult:
     """Train ``params`` on the round-robin of ``train_loaders`` (``net(x, domain=d)``), evaluate every
     domain after each epoch, restore the epoch with the best mean validation accuracy."""
-    opt = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+    opt = make_optimizer(params, recipe)
     sampler = RoundRobin(train_loaders, rounds)
     steps = len(sampler)
     best_mean, best_epoch, best_acc, best, history, seen, train_time = -1.0, 0, {}, None, [], 0, 0.0
     task = progress.add_task("joint", total=recipe.epochs * steps) if progress else None
     for epoch in range(recipe.epochs):
-        for group in opt.param_groups:
-            group["lr"] = recipe.lr_at(epoch)
         for i, dl in enumerate(train_loaders.values()):  # each epoch's shuffles depend on (seed, epoch) only
             generator = getattr(dl, "generator", None)
             if generator is not None:
@@ -90,9 +88,7 @@ def fit_joint(net: nn.Module, params: list[nn.Parameter], train_loaders: dict[st
         sums = {d: [0.0, 0, 0] for d in train_loaders}  # loss sum, correct, count
         t0 = time.perf_counter()
         for step, (d, (x, y)) in enumerate(sampler):
-            if epoch == 0 and recipe.warmup:
-                for group in opt.param_groups:
-                    group["lr"] = recipe.lr_at(0) * (step + 1) / steps
+            set_lr(opt, recipe, epoch, step, steps)
             threads.rebalance()
             x, y = dev.batch(x), y.to(dev.device)
             with dev.autocast():

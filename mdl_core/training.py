@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mdl.core import distributed, threads
+from mdl.core import bn_policy, distributed, threads
 from mdl.core.recipes import Recipe
 
 Tensors = dict[str, torch.Tensor]
@@ -156,6 +156,31 @@ class FitResult:
 EpochCallback = Callable[[dict], None]
 
 
+def make_optimizer(groups: list, recipe: Recipe) -> torch.optim.Optimizer:
+    """SGD with momentum or AdamW over ``groups`` (parameters, or groups with their own weight decay)."""
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+
+
+def set_lr(opt: torch.optim.Optimizer, recipe: Recipe, epoch: int, step: int, steps: int) -> None:
+    """Every group's lr for this step: the recipe's lr x the schedule and warm-up x the group's
+    ``lr_scale`` (recipes.lr_groups: the new tensors' head_lr); a group of copied tensors waits at 0
+    through the recipe's probe epochs (LP-FT)."""
+    f = recipe.factor(epoch, step, steps)
+    probing = epoch < recipe.probe_epochs
+    for group in opt.param_groups:
+        group["lr"] = 0.0 if probing and group.get("copied", True) else recipe.lr * f * group.get("lr_scale", 1.0)
+
+
+def _skip_waiting(opt: torch.optim.Optimizer) -> None:
+    """Groups at lr 0 get no step at all (no momentum, no decay, no AdamW moments accumulate)."""
+    for group in opt.param_groups:
+        if group["lr"] == 0.0:
+            for p in group["params"]:
+                p.grad = None
+
+
 class Diverged(ValueError):
     """The training loss became NaN or infinite."""
 
@@ -175,10 +200,12 @@ def fit(
     resume: bool = False,
     progress=None,
     train_mode: Callable[[], None] | None = None,
+    norms: list[nn.Module] | tuple = (),
 ) -> FitResult:
-    """Train `params()` (parameters, or optimizer groups with their own weight decay) for `recipe.epochs`,
-    evaluate on `val_loader` after each epoch, restore the best epoch's tensors at the end; with no
-    `val_loader` keep the last epoch (best_accuracy NaN). With `resume`, continue from `checkpoint`."""
+    """Train `params()` (parameters, or optimizer groups with their own weight decay and lr scale) for
+    `recipe.epochs`, evaluate on `val_loader` after each epoch, restore the best epoch's tensors at the
+    end; with no `val_loader` keep the last epoch (best_accuracy NaN). With `resume`, continue from
+    `checkpoint`. `norms`: the batch norms the recipe's BN statistics policy applies to (bn_policy)."""
     forward_kw = forward_kw or {}
     start, best_acc, best_epoch, history, best, tensors = 0, -1.0, 0, [], None, {}
     if resume:
@@ -194,29 +221,33 @@ def fit(
     else:
         params, groups = list(groups), list(groups)
     model = distributed.wrap(net)  # DistributedDataParallel under torchrun (after requires_grad is set), else net
-    opt = torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+    opt = make_optimizer(groups, recipe)
     if resume:
-        for i, p in enumerate(params):
-            if f"opt/{i}" in tensors:
-                opt.state[p]["momentum_buffer"] = tensors[f"opt/{i}"].to(p.device)
+        for key, value in tensors.items():
+            if key.startswith("opt/"):  # opt/<parameter index>/<state name>
+                i, name = key[4:].split("/", 1)
+                p = params[int(i)]
+                opt.state[p][name] = value if name == "step" else value.to(p.device)
         torch.set_rng_state(tensors["rng/torch"])
+    elif recipe.bn_stats in bn_policy.REESTIMATE:  # the domain's own statistics, before its first step
+        bn_policy.reestimate(net, norms, train_loader, dev, **forward_kw)
+        distributed.sync_buffers(net)
 
     seen, train_time = 0, 0.0
     task = progress.add_task("train", total=recipe.epochs * _len(train_loader), completed=start * _len(train_loader)) if progress else None
+    steps = _len(train_loader)
     for epoch in range(start, recipe.epochs):
-        for group in opt.param_groups:
-            group["lr"] = recipe.lr_at(epoch)
         generator = getattr(train_loader, "generator", None)
         if generator is not None:  # the epoch's shuffle depends on (seed, epoch) only, so a resumed run matches
             generator.manual_seed(recipe.seed * 100_003 + epoch)
         if hasattr(getattr(train_loader, "sampler", None), "set_epoch"):  # DistributedSampler: seed + epoch
             train_loader.sampler.set_epoch(epoch)
         (train_mode or net.train)()
+        if recipe.bn_stats in bn_policy.FROZEN:
+            bn_policy.freeze(norms)
         loss_sum, correct, count, t0 = 0.0, 0, 0, time.perf_counter()
         for step, (x, y) in enumerate(train_loader):
-            if epoch == 0 and recipe.warmup:  # linear warm-up over the first epoch (Goyal et al. 2017)
-                for group in opt.param_groups:
-                    group["lr"] = recipe.lr_at(0) * (step + 1) / max(_len(train_loader), 1)
+            set_lr(opt, recipe, epoch, step, steps)
             threads.rebalance()  # another mdl job may have started or ended
             x, y = dev.batch(x), y.to(dev.device)
             with dev.autocast():
@@ -228,6 +259,7 @@ def fit(
                                "nothing was registered (try a lower --lr)")
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            _skip_waiting(opt)
             opt.step()
             loss_sum += loss_value * len(y)
             correct += (logits.argmax(1) == y).sum().item()
@@ -252,8 +284,8 @@ def fit(
         if checkpoint is not None and distributed.is_main():  # one writer
             tensors = {f"cur/{k}": v for k, v in current.items()}
             tensors |= {f"best/{k}": v for k, v in best.items()}
-            tensors |= {f"opt/{i}": opt.state[p]["momentum_buffer"] for i, p in enumerate(params)
-                        if "momentum_buffer" in opt.state.get(p, {})}
+            tensors |= {f"opt/{i}/{name}": v for i, p in enumerate(params)
+                        for name, v in opt.state.get(p, {}).items() if isinstance(v, torch.Tensor)}
             tensors["rng/torch"] = torch.get_rng_state()
             checkpoint.save({"epoch": epoch + 1, "best_accuracy": best_acc, "best_epoch": best_epoch,
                              "history": history}, tensors)

@@ -9,7 +9,7 @@ import torch
 
 from _data_helpers import decathlon, image_folder, write_png
 from mdl.core.data import DataError, load_images, make_loader, open_source
-from mdl.core.data.imagefolder import stratified_split
+from mdl.core.data.splits import stratified_split, stratified_subset
 
 # torchvision 0.29 deprecates its decoders in favour of TorchCodec; they are what the issue asks for
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")

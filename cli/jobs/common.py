@@ -134,10 +134,11 @@ def trunk_mean_std(trunk: TrunkRecord):
 
 
 def open_data(src: str, name: str, *, image_size: int, mean_std=None, on_bad_image: str = "fail",
-              seed: int = 0):
+              seed: int = 0, train_images: int | None = None, val_images: int | None = None):
     from mdl.core.data import open_source
 
-    dd = open_source(src, name, image_size=image_size, on_bad_image=on_bad_image, seed=seed, mean_std=mean_std)
+    dd = open_source(src, name, image_size=image_size, on_bad_image=on_bad_image, seed=seed, mean_std=mean_std,
+                     train_images=train_images, val_images=val_images)
     for problem in dd.problems:  # what `mdl data inspect` would point out (skipped images among them)
         err.print(f"[yellow]warning:[/] {src}: {problem}")
     return dd
@@ -147,13 +148,15 @@ def open_version_data(v: DomainVersionRecord, on_bad_image: str = "skip"):
     """The data a version was trained on, preprocessed with its recorded statistics."""
     d = v.data
     return open_data(d["source"], d.get("domain") or v.name, image_size=d["image_size"],
-                     mean_std=(tuple(d["mean"]), tuple(d["std"])),
-                     on_bad_image=on_bad_image, seed=d.get("seed", 0))
+                     mean_std=(tuple(d["mean"]), tuple(d["std"])), on_bad_image=on_bad_image, seed=d.get("seed", 0),
+                     train_images=(d.get("subset") or {}).get("train"), val_images=(d.get("subset") or {}).get("val"))
 
 
-def data_record(dd, src: str, seed: int) -> dict:
-    """What the registry keeps about a domain's data (so evaluation and prediction preprocess alike)."""
-    return {
+def data_record(dd, src: str, seed: int, train_images: int | None = None, val_images: int | None = None) -> dict:
+    """What the registry keeps about a domain's data (so evaluation and prediction preprocess alike, and
+    scoring re-opens the same subsets)."""
+    subset = {k: v for k, v in (("train", train_images), ("val", val_images)) if v is not None}
+    return {**({"subset": subset} if subset else {}),
         "source": source_string(src), "domain": dd.name, "fingerprint": dd.fingerprint,
         "mean": list(dd.mean), "std": list(dd.std),
         "image_size": dd.image_size, "crop": dd.crop, "flip": dd.flip, "category_ids": dd.category_ids,

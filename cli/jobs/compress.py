@@ -58,7 +58,7 @@ def compress(reg: Registry, names: list[str] | None, *, rank_ratio: float, opts:
     import torch
 
     from mdl.core.compression import SVD_METHOD, compress_adapters, rank_for, shared_factors
-    from mdl.core.recipes import default_weight_decay
+    from mdl.core.recipes import default_weight_decay, published_recipe
     from mdl.core.training import DeviceSetup, accuracy, fit
 
     rank_for(1, 1, 1, rank_ratio)  # a bad ratio fails before anything is read
@@ -87,7 +87,7 @@ def compress(reg: Registry, names: list[str] | None, *, rank_ratio: float, opts:
         before, _ = accuracy(dst, val_loader, dev, domain=v.name)
         recipe, history, best_epoch, after = None, [], 0, before
         if opts.epochs > 0:  # fine-tune gamma, the norms and the head; beta is a buffer and stays shared
-            recipe = _recipe(opts, wd)
+            recipe = _recipe(opts, wd, published_recipe("mdl"))  # the resnet26 trunks' recipe, at the command's lr
             torch.manual_seed(opts.seed)
             with progress() as bar:
                 result = fit(dst, lambda n=v.name: dst.set_trainable(n), train_loader, val_loader, recipe, dev,

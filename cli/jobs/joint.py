@@ -70,7 +70,7 @@ def joint_train(reg: Registry, sources: list[str], *, names: list[str] | None, v
     import torch
 
     from mdl.core.joint import fit_joint, joint_parameters
-    from mdl.core.recipes import DEFAULT_WEIGHT_DECAY
+    from mdl.core.recipes import DEFAULT_WEIGHT_DECAY, published_recipe
     from mdl.core.training import DeviceSetup
 
     if variant not in VARIANTS:
@@ -89,7 +89,8 @@ def joint_train(reg: Registry, sources: list[str], *, names: list[str] | None, v
     for n, dd in data.items():
         net.add_domain(n, dd.num_classes)
     # one weight decay for the whole joint network (the shared weights see every domain)
-    recipe = _recipe(opts, opts.weight_decay if opts.weight_decay is not None else DEFAULT_WEIGHT_DECAY)
+    recipe = _recipe(opts, opts.weight_decay if opts.weight_decay is not None else DEFAULT_WEIGHT_DECAY,
+                     published_recipe("mdl"))  # SGD, step decays, batch statistics, at the command's lr
     dev = DeviceSetup.resolve(opts.device)
     dev.prepare(net)
     train, val = {}, {}

@@ -15,8 +15,10 @@ from mdl.registry.store import DomainVersionRecord, Registry, TrunkRecord, check
 
 @dataclass
 class TrainOptions:
+    """What a user can set; None means the recipe's value (recipes.PUBLISHED_RECIPES)."""
+
     epochs: int
-    lr: float = 0.1
+    lr: float | None = None         # the copied tensors' lr (None: the recipe's)
     batch_size: int = 64
     weight_decay: float | None = None  # None: the recipe's default for the domain
     device: str = "auto"
@@ -24,16 +26,40 @@ class TrainOptions:
     seed: int = 0
     on_bad_image: str = "fail"
     resume: bool = False
-    recipe: str = "mdl"             # a published recipe: mdl, guo2019, rebuffi2018 (recipes.PUBLISHED_RECIPES)
+    recipe: str = "auto"            # auto (by the trunk's kind) or a recipe of recipes.PUBLISHED_RECIPES
     wd_groups: str | None = None    # None: the recipe's
     train_on: str = "train"         # "train+val": fixed epochs, no validation (a test submission)
+    head_lr: float | None = None    # the new tensors' lr (head, adapters)
+    optimizer: str | None = None
+    schedule: str | None = None
+    bn_stats: str | None = None
+    probe_epochs: int | None = None
+    train_images: int | None = None  # a seeded, stratified subset of the training split
+    val_images: int | None = None
 
 
-def _recipe(opts: TrainOptions, weight_decay: float, **published):
+def _recipe(opts: TrainOptions, weight_decay: float, published, **extra):
+    """The run's Recipe: the published recipe's defaults, each overridden by the option a user set."""
     from mdl.core.recipes import Recipe
 
-    return Recipe(epochs=opts.epochs, lr=opts.lr, batch_size=opts.batch_size, weight_decay=weight_decay,
-                  seed=opts.seed, train_on=opts.train_on, **published)
+    def pick(option, default):
+        return default if option is None else option
+    lr = pick(opts.lr, published.lr)
+    return Recipe(epochs=opts.epochs, lr=lr, head_lr=pick(opts.head_lr, lr * published.head_lr_scale),
+                  batch_size=opts.batch_size, weight_decay=weight_decay, seed=opts.seed, train_on=opts.train_on,
+                  name=published.name, optimizer=pick(opts.optimizer, published.optimizer),
+                  schedule=pick(opts.schedule, published.schedule), bn_stats=pick(opts.bn_stats, published.bn_stats),
+                  probe_epochs=pick(opts.probe_epochs, published.probe_epochs), **extra)
+
+
+def resolve_recipe(opts: TrainOptions, trunk_config: dict | None):
+    """(published recipe, why): the named one, or for ``auto`` the one the trunk's kind calls for."""
+    from mdl.core.recipes import AUTO, published_recipe, recipe_for_trunk
+
+    if opts.recipe != AUTO:
+        return published_recipe(opts.recipe), "--recipe given"
+    name, why = recipe_for_trunk(trunk_config or {})
+    return published_recipe(name), why
 
 
 def _test_accuracy(net, dd, opts, dev, **forward_kw) -> float | None:
@@ -60,7 +86,16 @@ def _checkpoint(reg: Registry, name: str, key: dict, resume: bool):
     return checkpoint
 
 
-def _fit(net, params, dd, opts: TrainOptions, recipe, checkpoint, *, snapshot, restore, forward_kw):
+def recipe_summary(recipe) -> str:
+    """One line: what the run's recipe does."""
+    sched = "cosine" if recipe.schedule == "cosine" else "x{:g} at epochs {}".format(recipe.gamma, recipe.milestones() or "-")
+    probe = f", head only for {recipe.probe_epochs} epoch(s) first" if recipe.probe_epochs else ""
+    return (f"{recipe.optimizer} lr {recipe.lr:g} (new head/adapters {recipe.head_lr:g}), {sched} schedule"
+            f"{' after a 1-epoch warm-up' if recipe.warmup else ''}, BN statistics {recipe.bn_stats}, "
+            f"wd {recipe.weight_decay:g} ({recipe.wd_groups} groups), dropout {recipe.dropout:g}{probe}")
+
+
+def _fit(net, params, dd, opts: TrainOptions, recipe, checkpoint, *, snapshot, restore, forward_kw, norms=()):
     import torch
 
     from mdl.core.training import DeviceSetup, fit
@@ -73,7 +108,7 @@ def _fit(net, params, dd, opts: TrainOptions, recipe, checkpoint, *, snapshot, r
     torch.manual_seed(opts.seed + distributed.rank())
     with progress() as bar:
         result = fit(net, params, train_loader, val_loader, recipe, dev, snapshot=snapshot, restore=restore,
-                     forward_kw=forward_kw, checkpoint=checkpoint, resume=opts.resume, progress=bar)
+                     forward_kw=forward_kw, checkpoint=checkpoint, resume=opts.resume, progress=bar, norms=norms)
     return result, dev
 
 
@@ -88,14 +123,16 @@ def pretrain(reg: Registry, src: str, *, name: str | None, arch: str, width: flo
     name = check_name(name or default_name(src))
     reg.check_writable()
     method = source_method(arch, width)
-    dd = open_data(src, name, image_size=image_size, on_bad_image=opts.on_bad_image, seed=opts.seed)
+    dd = open_data(src, name, image_size=image_size, on_bad_image=opts.on_bad_image, seed=opts.seed,
+                   train_images=opts.train_images, val_images=opts.val_images)
     torch.manual_seed(opts.seed)
     net = create_network(arch, method="finetune", domains={name: dd.num_classes}, width=width)
 
     def params():
         return [p.requires_grad_(True) for p in net.parameters()]
-    recipe = _recipe(opts, opts.weight_decay if opts.weight_decay is not None else 1e-4)
-    record = data_record(dd, src, opts.seed)
+    published, _ = resolve_recipe(opts, None)  # trained from scratch here: the papers' recipe
+    recipe = _recipe(opts, opts.weight_decay if opts.weight_decay is not None else 1e-4, published)
+    record = data_record(dd, src, opts.seed, opts.train_images, opts.val_images)
     key = {"job": "pretrain", "src": record["fingerprint"], "arch": arch, "width": width,
            "image_size": image_size, "recipe": recipe.to_dict()}
     checkpoint = _checkpoint(reg, name, key, opts.resume)
@@ -139,18 +176,20 @@ def add_domain(reg: Registry, name: str, src: str, *, method: str, trunk: str | 
     """Train `name`'s own tensors against the frozen trunk and register them as a new version (rank 0
     only under torchrun; the other ranks return None).
     `source_domain`: which domain of `src` to read (a decathlon folder holds ten; default: `name`)."""
-    from mdl.core.recipes import REBUFFI_DECAY_OTHER, default_weight_decay, published_recipe, weight_decay_groups
+    from mdl.core.recipes import REBUFFI_DECAY_OTHER, lr_groups, published_recipe, weight_decay_groups
 
     check_name(name)
-    published = published_recipe(opts.recipe)
-    wd_groups = opts.wd_groups or published.wd_groups
-    _recipe(opts, 0.0, wd_groups=wd_groups)  # bad options fail before any data is read
+    for candidate in ((opts.recipe,) if opts.recipe != "auto" else ("mdl", "transfer")):
+        _recipe(opts, 0.0, published_recipe(candidate), wd_groups=opts.wd_groups or "guo")  # bad options fail first
     reg.check_writable()
     with distributed.rank_zero_first():  # a fresh registry's default trunk is imported once, by rank 0
         trunk_rec = pick_trunk(reg, method, trunk)
+    published, why = resolve_recipe(opts, trunk_rec.config)
+    wd_groups = opts.wd_groups or published.wd_groups
     # a pretrained trunk's weights expect its own normalisation; a trunk pretrained here, the data's
     dd = open_data(src, source_domain or name, image_size=trunk_rec.config["image_size"], on_bad_image=opts.on_bad_image,
-                   seed=opts.seed, mean_std=trunk_mean_std(trunk_rec))
+                   seed=opts.seed, mean_std=trunk_mean_std(trunk_rec), train_images=opts.train_images,
+                   val_images=opts.val_images)
     if published.preprocessing == "reference" and not dd.flip:  # the references feed these domains whole
         dd = dd.with_crop(dd.image_size)
     import torch
@@ -163,20 +202,23 @@ def add_domain(reg: Registry, name: str, src: str, *, method: str, trunk: str | 
     elif wd_groups == "rebuffi":  # their --wd: the classifier's and the norms' decay
         wd = REBUFFI_DECAY_OTHER
     else:
-        wd = published.weight_decay.get(dd.name) or default_weight_decay(dd.name, len(dd.splits["train"]))
-    recipe = _recipe(opts, wd, name=published.name, wd_groups=wd_groups, dropout=published.dropout.get(dd.name, 0.0))
+        wd = published.domain_weight_decay(dd.name, len(dd.splits["train"]))
+    recipe = _recipe(opts, wd, published, wd_groups=wd_groups, dropout=published.dropout.get(dd.name, 0.0))
     net.set_head_dropout(name, recipe.dropout)
-    record = data_record(dd, src, opts.seed)
+    record = data_record(dd, src, opts.seed, opts.train_images, opts.val_images)
     key = {"job": "add-domain", "name": name, "method": method, "trunk": trunk_rec.id, "data": record["fingerprint"],
            "recipe": recipe.to_dict()}
     checkpoint = _checkpoint(reg, name, key, opts.resume)
     info(f"Adding {name} ({method}) on trunk {trunk_rec.label}: {dd.num_classes} classes, "
          f"{len(dd.splits['train'])} train / {len(dd.splits['val'])} val images, trained on {recipe.train_on}, "
-         f"recipe {recipe.name} (wd {wd:g}, {wd_groups} groups, dropout {recipe.dropout:g}, "
-         f"{dd.crop}px inputs)")
+         f"{dd.crop}px inputs")
+    info(f"Recipe {recipe.name} ({why}): {recipe_summary(recipe)}")
+
+    def params():
+        return lr_groups(weight_decay_groups(net.set_trainable(name), wd_groups, wd), net.new_parameters(name), recipe)
     result, dev = _fit(
-        net, lambda: weight_decay_groups(net.set_trainable(name), wd_groups, wd), dd, opts, recipe, checkpoint,
-        snapshot=lambda: net.domain_state_dict(name),
+        net, params, dd, opts, recipe, checkpoint,
+        snapshot=lambda: net.domain_state_dict(name), norms=net.domain_batchnorms(name),
         restore=lambda t: net.load_domain_state_dict(name, t), forward_kw={"domain": name})
     test_acc = _test_accuracy(net, dd, opts, dev, domain=name)
     distributed.all_ok()  # every rank finished: only then does rank 0 register
@@ -187,8 +229,8 @@ def add_domain(reg: Registry, name: str, src: str, *, method: str, trunk: str | 
     version = reg.add_domain_version(
         name=name, method=method, num_classes=dd.num_classes, domain_params=net.parameter_counts()["domains"][name],
         accuracy=val_acc, trunk_id=trunk_rec.id, classes=list(dd.classes), data=record,
-        config={"recipe": recipe.to_dict(), "history": result.history, "best_epoch": result.best_epoch,
-                "trained_on": recipe.train_on, "test_accuracy": test_acc, "train_images_per_s": result.images_per_s,
+        config={"recipe": recipe.to_dict(), "recipe_reason": why, "history": result.history,
+                "best_epoch": result.best_epoch, "trained_on": recipe.train_on, "test_accuracy": test_acc, "train_images_per_s": result.images_per_s,
                 "device": str(dev.device), "resumed_from_epoch": result.resumed_from,
                 "distributed": distributed.describe(recipe.batch_size)},
         tensors=net.domain_state_dict(name),

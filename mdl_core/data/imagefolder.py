@@ -7,9 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from mdl.core.data.errors import DataError
+from mdl.core.data.splits import stratified_split
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".ppm", ".pgm"}
 SPLIT_NAMES = ("train", "val", "test")
@@ -35,25 +34,6 @@ def _read_tree(root: Path) -> dict[str, list[Path]]:
             raise DataError(f"class folder {d} has no images ({', '.join(sorted(IMAGE_EXTS))})")
         tree[d.name] = files
     return tree
-
-
-def stratified_split(labels: list[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Indices (train, val): per class a seeded shuffle, round(n * val_fraction) to val (at least one
-    when the class has two or more images, never all of them)."""
-    labels_a = np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    train, val = [], []
-    for c in np.unique(labels_a):
-        idx = np.flatnonzero(labels_a == c)
-        idx = idx[rng.permutation(len(idx))]
-        n_val = int(round(len(idx) * val_fraction))
-        if len(idx) >= 2:
-            n_val = min(max(n_val, 1), len(idx) - 1)
-        else:
-            n_val = 0
-        val += idx[:n_val].tolist()
-        train += idx[n_val:].tolist()
-    return sorted(train), sorted(val)
 
 
 def read_imagefolder(root: Path, source: str, *, seed: int, val_fraction: float):

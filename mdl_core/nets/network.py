@@ -213,6 +213,20 @@ class MultiDomainNet(nn.Module):
         self._check_domain(domain)
         return [p for w in self.wrappers.values() for p in w.domain_params(domain)]
 
+    def new_parameters(self, domain: str) -> list[nn.Parameter]:
+        """The domain's tensors that do not start as copies of the trunk's: its head and any adapters
+        (a transfer recipe gives them their own learning rate)."""
+        self._check_domain(domain)
+        return [p for path, w in self.wrappers.items() if path == self.head_path or not w.copies_template
+                for p in w.domain_params(domain)]
+
+    def domain_batchnorms(self, domain: str) -> list[nn.Module]:
+        """The batch norms whose running statistics belong to ``domain`` (what a BN statistics policy
+        governs); shared norms are the trunk's and are never updated anyway."""
+        self._check_domain(domain)
+        return [m for w in self.wrappers.values() if domain in w.domains
+                for m in w.domains[domain].modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
     def _train_only(self, params: list[nn.Parameter]) -> list[nn.Parameter]:
         """requires_grad True for ``params`` and False for every other parameter; returns ``params``."""
         for p in self.parameters():
