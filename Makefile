@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install --disable-pip-version-check -q
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test bench-data clean
 
 $(VENV)/.deps: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -23,3 +23,8 @@ test: install
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# Real photos for the benchmarks (bench/transfer.py): Fashion-MNIST from Debian, IDX files under
+# /usr/share/datasets/fashion-mnist. Nothing in `make test` needs it.
+bench-data:
+	test -d /usr/share/datasets/fashion-mnist || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)

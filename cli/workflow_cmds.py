@@ -157,6 +157,8 @@ def register(app: typer.Typer) -> None:
                                 "tensors for this many of the epochs first; default: the recipe's.")] = None,
         train_images: Annotated[Optional[int], typer.Option("--train-images", min=1, help=SubsetImages.format("training"))] = None,
         val_images: Annotated[Optional[int], typer.Option("--val-images", min=1, help=SubsetImages.format("validation"))] = None,
+        image_size: Annotated[Optional[int], typer.Option("--image-size", min=8, help="Shorter side after resizing "
+                              "(training crops 64/72 of it); default: the trunk's recorded size (72).")] = None,
         wd_groups: Annotated[Optional[WdGroups], typer.Option("--wd-groups", help="Weight-decay grouping: guo (one "
                              "per-dataset decay; default) or rebuffi (by kernel: 3x3 1e-4, 1x1 1e-4, the rest --wd).")] = None,
         train_on: Annotated[TrainOn, typer.Option("--train-on", help="train (pick the best epoch on val) or "
@@ -178,7 +180,8 @@ def register(app: typer.Typer) -> None:
                        recipe=recipe.value, wd_groups=wd_groups.value if wd_groups else None, train_on=train_on.value,
                        head_lr=head_lr, optimizer=optimizer.value if optimizer else None,
                        schedule=schedule.value if schedule else None, bn_stats=bn_stats.value if bn_stats else None,
-                       probe_epochs=probe_epochs, train_images=train_images, val_images=val_images)
+                       probe_epochs=probe_epochs, train_images=train_images, val_images=val_images,
+                       image_size=image_size)
         with distributed_session(sync_bn) as main:
             version = run(reg, name, data, method=method, trunk=trunk, source_domain=source_domain, opts=opts)
         if not main:  # another torchrun rank: rank 0 reports

@@ -50,3 +50,25 @@ def decathlon(root: Path, domain="svhn", prefix=8, n_classes=3, sizes=(6, 3, 3),
             name = f"{domain}_test_stripped.json"
         (root / "annotations" / name).write_text(json.dumps(doc))
     return truth
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """An uint8 array in the IDX format (MNIST's): magic 0 0 0x08 ndim, big-endian dims, data."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+
+
+def idx_folder(root: Path, n_train=60, n_test=20, classes=3, size=12, seed=0, gz=True) -> Path:
+    """A tiny MNIST-format folder: class k is an image of brightness ~60k plus noise."""
+    import gzip
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = np.arange(n) % classes
+        images = np.clip(labels[:, None, None] * 60 + rng.integers(0, 50, (n, size, size)), 0, 255).astype(np.uint8)
+        for kind, arr, nd in (("images", images, 3), ("labels", labels.astype(np.uint8), 1)):
+            data = idx_bytes(arr)
+            name = f"{prefix}-{kind}-idx{nd}-ubyte"
+            (root / (name + ".gz" if gz else name)).write_bytes(gzip.compress(data) if gz else data)
+    return root

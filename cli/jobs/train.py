@@ -36,6 +36,7 @@ class TrainOptions:
     probe_epochs: int | None = None
     train_images: int | None = None  # a seeded, stratified subset of the training split
     val_images: int | None = None
+    image_size: int | None = None    # add-domain: shorter side (crop 64/72 of it); None: the trunk's
 
 
 def _recipe(opts: TrainOptions, weight_decay: float, published, **extra):
@@ -187,7 +188,8 @@ def add_domain(reg: Registry, name: str, src: str, *, method: str, trunk: str | 
     published, why = resolve_recipe(opts, trunk_rec.config)
     wd_groups = opts.wd_groups or published.wd_groups
     # a pretrained trunk's weights expect its own normalisation; a trunk pretrained here, the data's
-    dd = open_data(src, source_domain or name, image_size=trunk_rec.config["image_size"], on_bad_image=opts.on_bad_image,
+    dd = open_data(src, source_domain or name, image_size=opts.image_size or trunk_rec.config["image_size"],
+                   on_bad_image=opts.on_bad_image,
                    seed=opts.seed, mean_std=trunk_mean_std(trunk_rec), train_images=opts.train_images,
                    val_images=opts.val_images)
     if published.preprocessing == "reference" and not dd.flip:  # the references feed these domains whole

@@ -112,7 +112,7 @@ def build_domain(*, name: str, source: str, kind: str, classes: list[str], categ
             train = [train[i] for i in idx]
         mean, std = channel_stats(train)
         ms_source = "computed"
-    _class_problems(split_labels, classes, problems)
+    class_problems(split_labels, classes, problems)
     splits = {
         s: SplitDataset(split_images[s], split_labels[s], crop=crop, mean=mean, std=std, flip=flip, train=(s == "train"))
         for s in items
@@ -126,7 +126,7 @@ def build_domain(*, name: str, source: str, kind: str, classes: list[str], categ
     )
 
 
-def _class_problems(split_labels: dict[str, torch.Tensor], classes: list[str], problems: list[str]) -> None:
+def class_problems(split_labels: dict[str, torch.Tensor], classes: list[str], problems: list[str]) -> None:
     counts = torch.bincount(split_labels["train"][split_labels["train"] >= 0], minlength=len(classes))
     empty = [classes[i] for i in range(len(classes)) if counts[i] == 0]
     if empty:

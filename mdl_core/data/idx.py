@@ -10,6 +10,7 @@ dimensions, each dimension as a big-endian uint32, then the values in C order. I
 from __future__ import annotations
 
 import gzip
+import hashlib
 import zlib
 from pathlib import Path
 
@@ -32,8 +33,9 @@ def is_idx(root: Path) -> bool:
     return _find(root, "train", "images") is not None or _find(root, "train", "labels") is not None
 
 
-def read_idx_file(path: Path, ndims: tuple[int, ...]) -> np.ndarray:
-    """The array in one IDX file (gzip or raw), its header and length checked."""
+def read_idx_file(path: Path, ndims: tuple[int, ...], digests: dict | None = None) -> np.ndarray:
+    """The array in one IDX file (gzip or raw), its header and length checked; ``digests`` gets the
+    sha256 of its uncompressed bytes under the file's kind (``train-images``), for the fingerprint."""
     try:
         raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
     except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
@@ -53,10 +55,12 @@ def read_idx_file(path: Path, ndims: tuple[int, ...]) -> np.ndarray:
     if len(raw) - header != expected:
         raise DataError(f"{path}: header says {'x'.join(map(str, shape))} = {expected} bytes of data, "
                         f"the file holds {len(raw) - header} (truncated or corrupt)")
+    if digests is not None:
+        digests["-".join(path.name.split("-")[:2])] = hashlib.sha256(raw).hexdigest()
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
-def _read_pair(root: Path, prefix: str) -> tuple[np.ndarray, np.ndarray, Path] | None:
+def _read_pair(root: Path, prefix: str, digests: dict) -> tuple[np.ndarray, np.ndarray, Path] | None:
     images, labels = _find(root, prefix, "images"), _find(root, prefix, "labels")
     if images is None and labels is None:
         return None
@@ -64,10 +68,10 @@ def _read_pair(root: Path, prefix: str) -> tuple[np.ndarray, np.ndarray, Path] |
         have = images or labels
         raise DataError(f"{have}: its {'labels' if images else 'images'} file ({prefix}-"
                         f"{'labels' if images else 'images'}-idx?-ubyte[.gz]) is missing")
-    x = read_idx_file(images, (3, 4))
+    x = read_idx_file(images, (3, 4), digests)
     if x.ndim == 4 and x.shape[3] not in (1, 3):
         raise DataError(f"{images}: {x.shape[3]} channels per pixel, expected 1 or 3")
-    y = read_idx_file(labels, (1,))
+    y = read_idx_file(labels, (1,), digests)
     if len(x) != len(y):
         raise DataError(f"{labels}: {len(y)} labels for {len(x)} images in {images.name}")
     if len(x) == 0:
@@ -86,10 +90,11 @@ def _classes(root: Path, train_labels: np.ndarray) -> list[str]:
 
 
 def read_idx(root: Path, source: str, *, seed: int, val_fraction: float):
-    """(name, classes, {split: (uint8 images [N, H, W, 3], int64 labels, index in its file)}, problems)."""
-    pairs = {}
+    """(name, classes, {split: (uint8 images [N, H, W, 3], int64 labels, index in its file)}, problems,
+    {file kind: sha256 of its uncompressed bytes})."""
+    pairs, digests = {}, {}
     for split, prefix in PREFIXES.items():
-        pair = _read_pair(root, prefix)
+        pair = _read_pair(root, prefix, digests)
         if pair is not None:
             pairs[split] = pair
     if "train" not in pairs:
@@ -110,4 +115,4 @@ def read_idx(root: Path, source: str, *, seed: int, val_fraction: float):
     tr, va = stratified_split(y, val_fraction, seed)
     arrays = {"train": (x[tr], y[tr], ids[tr]), "val": (x[va], y[va], ids[va]), **arrays}
     problems = [f"only {len(classes)} class"] if len(classes) < 2 else []
-    return root.resolve().name, classes, arrays, problems
+    return root.resolve().name, classes, arrays, problems, digests

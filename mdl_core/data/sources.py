@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from mdl.core.data.build import build_domain, check_mean_std, check_options
+from mdl.core.data.build import class_problems, build_domain, check_mean_std, check_options
 from mdl.core.data.dataset import DomainData, SplitDataset, fingerprint
 from mdl.core.data.errors import DataError
 from mdl.core.data.splits import stratified_subset
@@ -54,11 +54,12 @@ def open_source(src: str, domain: str | None = None, *, image_size: int = 72, cr
     from mdl.core.data.idx import is_idx, read_idx
 
     if is_idx(root):
-        name, classes, arrays, problems = read_idx(root, src, seed=seed, val_fraction=val_fraction)
+        name, classes, arrays, problems, digests = read_idx(root, src, seed=seed, val_fraction=val_fraction)
         return from_arrays(name=domain or name, source=src, kind="idx", classes=classes,
                            category_ids=None, arrays=_subset_arrays(arrays, sizes, seed), image_size=image_size,
                            crop=crop, mean_std=mean_std, flip=True if flip is None else bool(flip),
-                           extra_records=[], problems=problems)
+                           extra_records=[("idx", kind, digest) for kind, digest in digests.items()] +
+                           [("classes", classes)], problems=problems)
     if is_decathlon(root):
         name, classes, category_ids, items, dflip, problems = read_decathlon(root, domain, src)
         kind = "decathlon"
@@ -114,6 +115,7 @@ def from_arrays(*, name: str, source: str, kind: str, classes: list[str], catego
         splits[s] = SplitDataset(imgs[s], torch.as_tensor(np.asarray(y), dtype=torch.long), crop=crop, mean=mean,
                                  std=std, flip=flip, train=(s == "train"))
     records += extra_records
+    class_problems({s: ds.labels for s, ds in splits.items()}, classes, problems)
     h, w = next(iter(arrays.values()))[0].shape[1:3]
     return DomainData(
         name=name, source=source, kind=kind, classes=list(classes), category_ids=category_ids,
