@@ -6,12 +6,13 @@ a choice is made on), test accuracy (reported), own parameters.
 Study domains: Fashion-MNIST (Debian's dataset-fashion-mnist, `make bench-data`) at 250 / 1,000 / 4,000 /
 10,000 training images (`--train-images`, seeded and stratified; validation: a fixed 2,000-image stratified
 subset of the 12,000 split off train, `--val-images 2000`; test: all 10,000 t10k images), and the bundled
-domains at full size. Groups (``--group``):
+domains at the demo's half size. Groups (``--group``):
 
   recipe    recipe variants (VARIANTS) for `dw` on Fashion-MNIST 1k (all) and 10k (FINALISTS), seed 0
-  bundled   the finalists for `dw` on the 7 bundled target domains, seed 0
-  targets   dw, classifier-only, bn, finetune with the default recipe (no flag), seeds 0 and 1, 1k and 10k;
-            and under the old default (`--recipe mdl`: the paper's lr 0.1, step, batch statistics), seed 0
+  bundled   dw and classifier-only, default recipe, on the 7 bundled target domains at the demo's scale, seed 0
+  targets   dw, classifier-only, bn, finetune with the default recipe (no flag): at 1k seeds 0 and 1 and the
+            old default (`--recipe mdl`: the paper's lr 0.1, step, batch statistics), seed 0; at 10k dw and
+            classifier-only seeds 0 and 1, finetune and bn seed 0, dw under the old default seed 0
   curve     the same four methods, default recipe, seed 0, at 250 and 4,000 images (1k and 10k from targets)
 
     make bench-data                                         # Fashion-MNIST, from Debian (once)
@@ -41,27 +42,34 @@ FASHION = "/usr/share/datasets/fashion-mnist"
 TRUNK = "timm/tf_efficientnet_lite0"
 EPOCHS, VAL_IMAGES = 3, 2000
 BUNDLED = ["digits", "glyphs", "textures", "signs", "housenums", "photos", "pedestrians"]
+BUNDLED_SCALE = 0.5  # what `mdl demo` trains on (full size: 3x the compute this session had)
 METHODS = ["classifier-only", "bn", "dw", "finetune"]
 
 # variant -> TrainOptions fields (no field: the default recipe, i.e. what `add-domain` does with no flag)
 VARIANTS = {
     "paper": {"recipe": "mdl"},                                        # the old default: lr 0.1, step, batch stats
     "paper-lr0.01": {"recipe": "mdl", "lr": 0.01},
-    "uniform-lr0.01-keep": {"head_lr": 0.01},                         # one lr for all, statistics kept
-    "head10x-batch": {"bn_stats": "batch"},                           # new head 0.1 / copied 0.01, batch stats
-    "head10x-keep": {"bn_stats": "keep"},
-    "head10x-adabn": {"bn_stats": "adabn"},                           # re-estimated, then kept
-    "head10x-adabn+batch": {"bn_stats": "adabn+batch"},
-    "head10x-keep-step": {"bn_stats": "keep", "schedule": "step"},
+    "uniform-lr0.01-keep": {"lr": 0.01, "head_lr": 0.01, "bn_stats": "keep"},   # one lr, statistics kept
+    "head10x-batch": {"lr": 0.01, "head_lr": 0.1, "bn_stats": "batch"},         # new head 0.1 / copied 0.01
+    "head10x-keep": {"lr": 0.01, "head_lr": 0.1, "bn_stats": "keep"},
+    "head10x-adabn": {"lr": 0.01, "head_lr": 0.1, "bn_stats": "adabn"},         # re-estimated, then kept
+    "head10x-adabn+batch": {"lr": 0.01, "head_lr": 0.1, "bn_stats": "adabn+batch"},
+    "head10x-keep-step": {"lr": 0.01, "head_lr": 0.1, "bn_stats": "keep", "schedule": "step"},
     "head10x-keep-lr0.03": {"bn_stats": "keep", "lr": 0.03, "head_lr": 0.3},
     "head10x-keep-lr0.003": {"bn_stats": "keep", "lr": 0.003, "head_lr": 0.03},
     "adamw-keep": {"bn_stats": "keep", "optimizer": "adamw", "lr": 1e-4, "head_lr": 1e-3, "weight_decay": 0.01},
-    "lpft-keep": {"bn_stats": "keep", "probe_epochs": 1},
-    "lpft-batch": {"bn_stats": "batch", "probe_epochs": 1},
-    "head10x-keep-96px": {"bn_stats": "keep", "image_size": 108},      # 96 px crops
-    "head10x-keep-128px": {"bn_stats": "keep", "image_size": 144},     # 128 px crops
+    "lpft-keep": {"lr": 0.01, "head_lr": 0.1, "bn_stats": "keep", "probe_epochs": 1},
+    "lpft-batch": {"lr": 0.01, "head_lr": 0.1, "bn_stats": "batch", "probe_epochs": 1},
+    # added after the first cells (head 10x lost to one lr at 1k): the neighbourhood of the leader
+    "uniform-lr0.003-keep": {"lr": 0.003, "head_lr": 0.003, "bn_stats": "keep"},
+    "uniform-lr0.03-keep": {"lr": 0.03, "head_lr": 0.03, "bn_stats": "keep"},
+    "head3x-keep": {"lr": 0.01, "head_lr": 0.03, "bn_stats": "keep"},
+    "uniform-lr0.01-keep-step": {"lr": 0.01, "head_lr": 0.01, "bn_stats": "keep", "schedule": "step"},
+    "uniform-lr0.01-adabn": {"lr": 0.01, "head_lr": 0.01, "bn_stats": "adabn"},
+    "uniform-lr0.01-keep-96px": {"lr": 0.01, "head_lr": 0.01, "bn_stats": "keep", "image_size": 108},   # 96 px crops
+    "uniform-lr0.01-keep-128px": {"lr": 0.01, "head_lr": 0.01, "bn_stats": "keep", "image_size": 144},  # 128 px crops
 }
-FINALISTS = ["paper", "head10x-batch", "head10x-keep", "head10x-adabn", "lpft-keep"]
+FINALISTS = ["head10x-keep"]  # at 10k: the hint (head 10x) against the default the 1k study picked
 
 
 def fashion(n: int) -> dict:
@@ -69,7 +77,7 @@ def fashion(n: int) -> dict:
 
 
 def bundled(name: str) -> dict:
-    return {"src": f"builtin:{name}", "label": name}
+    return {"src": f"builtin:{name}?scale={BUNDLED_SCALE:g}", "label": name}
 
 
 def cells(group: str) -> list[dict]:
@@ -78,12 +86,16 @@ def cells(group: str) -> list[dict]:
     if group == "recipe":
         out += [{**fashion(1000), "method": "dw", "variant": v, "seed": 0} for v in VARIANTS]
         out += [{**fashion(10000), "method": "dw", "variant": v, "seed": 0} for v in FINALISTS]
-    elif group == "bundled":
-        out += [{**bundled(d), "method": "dw", "variant": v, "seed": 0} for v in FINALISTS for d in BUNDLED]
+    elif group == "bundled":  # the demo's domains: the default's dw against the linear probe
+        out += [{**bundled(d), "method": m, "variant": None, "seed": 0} for m in ("classifier-only", "dw") for d in BUNDLED]
     elif group == "targets":
-        for n in (1000, 10000):
-            out += [{**fashion(n), "method": m, "variant": None, "seed": s} for s in (0, 1) for m in METHODS]
-            out += [{**fashion(n), "method": m, "variant": "paper", "seed": 0} for m in METHODS]
+        out += [{**fashion(1000), "method": m, "variant": None, "seed": s} for s in (0, 1) for m in METHODS]
+        out += [{**fashion(1000), "method": m, "variant": "paper", "seed": 0} for m in METHODS]
+        # 10k: two seeds where a target compares them (dw vs the probe), one for bn and finetune, and the old
+        # default for dw (this session's compute: ~7 min a cell)
+        out += [{**fashion(10000), "method": m, "variant": None, "seed": s} for s in (0, 1) for m in ("dw", "classifier-only")]
+        out += [{**fashion(10000), "method": m, "variant": None, "seed": 0} for m in ("finetune", "bn")]
+        out += [{**fashion(10000), "method": "dw", "variant": "paper", "seed": 0}]
     elif group == "curve":
         out += [{**fashion(n), "method": m, "variant": None, "seed": 0} for n in (250, 4000) for m in METHODS]
     else:

@@ -200,12 +200,13 @@ def fit(
     resume: bool = False,
     progress=None,
     train_mode: Callable[[], None] | None = None,
-    norms: list[nn.Module] | tuple = (),
+    norms: Callable[[], list[nn.Module]] | None = None,
 ) -> FitResult:
     """Train `params()` (parameters, or optimizer groups with their own weight decay and lr scale) for
     `recipe.epochs`, evaluate on `val_loader` after each epoch, restore the best epoch's tensors at the
     end; with no `val_loader` keep the last epoch (best_accuracy NaN). With `resume`, continue from
-    `checkpoint`. `norms`: the batch norms the recipe's BN statistics policy applies to (bn_policy)."""
+    `checkpoint`. `norms()`: the batch norms the recipe's BN statistics policy applies to (bn_policy), asked
+    for once the network is wrapped (``--sync-bn`` replaces them)."""
     forward_kw = forward_kw or {}
     start, best_acc, best_epoch, history, best, tensors = 0, -1.0, 0, [], None, {}
     if resume:
@@ -222,6 +223,7 @@ def fit(
         params, groups = list(groups), list(groups)
     model = distributed.wrap(net)  # DistributedDataParallel under torchrun (after requires_grad is set), else net
     opt = make_optimizer(groups, recipe)
+    norms = norms() if norms is not None else []
     if resume:
         for key, value in tensors.items():
             if key.startswith("opt/"):  # opt/<parameter index>/<state name>

@@ -29,7 +29,7 @@ def _fit(net, recipe, data, **kw):
                                net.new_parameters("d"), recipe)
     return fit(net, params, data, None, recipe, CPU, snapshot=lambda: net.domain_state_dict("d"),
                restore=lambda t: net.load_domain_state_dict("d", t), forward_kw={"domain": "d"},
-               norms=net.domain_batchnorms("d"), **kw)
+               norms=lambda: net.domain_batchnorms("d"), **kw)
 
 
 def _stats(net):

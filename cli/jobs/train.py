@@ -96,7 +96,7 @@ def recipe_summary(recipe) -> str:
             f"wd {recipe.weight_decay:g} ({recipe.wd_groups} groups), dropout {recipe.dropout:g}{probe}")
 
 
-def _fit(net, params, dd, opts: TrainOptions, recipe, checkpoint, *, snapshot, restore, forward_kw, norms=()):
+def _fit(net, params, dd, opts: TrainOptions, recipe, checkpoint, *, snapshot, restore, forward_kw, norms=None):
     import torch
 
     from mdl.core.training import DeviceSetup, fit
@@ -220,7 +220,7 @@ def add_domain(reg: Registry, name: str, src: str, *, method: str, trunk: str | 
         return lr_groups(weight_decay_groups(net.set_trainable(name), wd_groups, wd), net.new_parameters(name), recipe)
     result, dev = _fit(
         net, params, dd, opts, recipe, checkpoint,
-        snapshot=lambda: net.domain_state_dict(name), norms=net.domain_batchnorms(name),
+        snapshot=lambda: net.domain_state_dict(name), norms=lambda: net.domain_batchnorms(name),
         restore=lambda t: net.load_domain_state_dict(name, t), forward_kw={"domain": name})
     test_acc = _test_accuracy(net, dd, opts, dev, domain=name)
     distributed.all_ok()  # every rank finished: only then does rank 0 register
