@@ -78,7 +78,7 @@ PUBLISHED_RECIPES = {
 # bench/RESULTS.md. Nothing in it depends on a dataset's name.
 PUBLISHED_RECIPES["transfer"] = PublishedRecipe(
     "transfer", "uniform", {}, "guo", "bench/transfer.py (mdl's study on real photos)",
-    lr=0.01, head_lr_scale=3.0, optimizer="sgd", schedule="cosine", bn_stats="keep", fixed_weight_decay=1e-4)
+    lr=0.003, head_lr_scale=1.0, optimizer="sgd", schedule="cosine", bn_stats="keep", fixed_weight_decay=1e-4)
 AUTO = "auto"  # --recipe auto: chosen by the trunk's kind (recipe_for_trunk)
 WD_GROUPS = ("guo", "rebuffi")
 TRAIN_ON = ("train", "train+val")
