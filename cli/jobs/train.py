@@ -177,11 +177,13 @@ def add_domain(reg: Registry, name: str, src: str, *, method: str, trunk: str | 
     """Train `name`'s own tensors against the frozen trunk and register them as a new version (rank 0
     only under torchrun; the other ranks return None).
     `source_domain`: which domain of `src` to read (a decathlon folder holds ten; default: `name`)."""
-    from mdl.core.recipes import REBUFFI_DECAY_OTHER, lr_groups, published_recipe, weight_decay_groups
+    from mdl.core.recipes import (AUTO, PUBLISHED_RECIPES, REBUFFI_DECAY_OTHER, lr_groups, published_recipe,
+                                  weight_decay_groups)
 
     check_name(name)
-    for candidate in ((opts.recipe,) if opts.recipe != "auto" else ("mdl", "transfer")):
-        _recipe(opts, 0.0, published_recipe(candidate), wd_groups=opts.wd_groups or "guo")  # bad options fail first
+    # bad options fail before any data is read or a trunk imported, under whichever recipe auto will pick
+    for candidate in (PUBLISHED_RECIPES if opts.recipe == AUTO else (opts.recipe,)):
+        _recipe(opts, 0.0, published_recipe(candidate), wd_groups=opts.wd_groups or "guo")
     reg.check_writable()
     with distributed.rank_zero_first():  # a fresh registry's default trunk is imported once, by rank 0
         trunk_rec = pick_trunk(reg, method, trunk)
