@@ -6,11 +6,11 @@ a choice is made on), test accuracy (reported), own parameters.
 Study domains: Fashion-MNIST (Debian's dataset-fashion-mnist, `make bench-data`) at 250 / 1,000 / 4,000 /
 10,000 training images (`--train-images`, seeded and stratified; validation: a fixed 2,000-image stratified
 subset of the 12,000 split off train, `--val-images 2000`; test: all 10,000 t10k images), and the bundled
-domains at the demo's half size. Groups (``--group``):
+domains at full size. Groups (``--group``):
 
   recipe    recipe variants (VARIANTS) for `dw` on Fashion-MNIST 1k (all) and 10k (FINALISTS), seed 0
   recipe-s1 the 1k leaders (SEED1) at seed 1, beside the default's own seed-1 cell from `targets`
-  bundled   dw and classifier-only, default recipe, on the 7 bundled target domains at the demo's scale, seed 0
+  bundled   dw and classifier-only, default recipe, on the 7 bundled target domains at full size, seed 0
   targets   dw, classifier-only, bn, finetune with the default recipe (no flag): at 1k seeds 0 and 1 and the
             old default (`--recipe mdl`: the paper's lr 0.1, step, batch statistics), seed 0; at 10k dw and
             classifier-only seeds 0 and 1, finetune and bn seed 0, dw under the old default seed 0
@@ -43,7 +43,7 @@ FASHION = "/usr/share/datasets/fashion-mnist"
 TRUNK = "timm/tf_efficientnet_lite0"
 EPOCHS, VAL_IMAGES = 3, 2000
 BUNDLED = ["digits", "glyphs", "textures", "signs", "housenums", "photos", "pedestrians"]
-BUNDLED_SCALE = 0.5  # what `mdl demo` trains on (full size: 3x the compute this session had)
+BUNDLED_SCALE = 1.0  # the issue asks for the bundled domains at full size (the demo trains on a fraction)
 METHODS = ["classifier-only", "bn", "dw", "finetune"]
 
 # variant -> TrainOptions fields (no field: the default recipe, i.e. what `add-domain` does with no flag)
@@ -79,7 +79,8 @@ def fashion(n: int) -> dict:
 
 
 def bundled(name: str) -> dict:
-    return {"src": f"builtin:{name}?scale={BUNDLED_SCALE:g}", "label": name}
+    src = f"builtin:{name}" if BUNDLED_SCALE == 1 else f"builtin:{name}?scale={BUNDLED_SCALE:g}"
+    return {"src": src, "label": name}
 
 
 def cells(group: str) -> list[dict]:

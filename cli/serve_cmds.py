@@ -48,17 +48,21 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def export(
         domains: Annotated[list[str], typer.Argument(help="Domains to put in the file (their current versions).")],
-        fmt: Annotated[str, typer.Option("--format", help="onnx (checked with onnxruntime) or torchscript.")] = "onnx",
+        fmt: Annotated[str, typer.Option("--format", help="onnx (checked with onnxruntime), pt2 (torch.export, "
+                                                          "PyTorch's format) or torchscript (deprecated).")] = "onnx",
         out: Annotated[Path, typer.Option("--out", help="File to write.")] = ...,
         threads: Threads = None, home: Home = None, as_json: Json = False,
     ) -> None:
-        """Write DOMAIN... as one multi-domain network file (ONNX or TorchScript), checked against PyTorch.
+        """Write DOMAIN... as one multi-domain network file (ONNX, torch.export .pt2 or TorchScript), checked
+        against PyTorch.
 
         Inputs: images and a per-sample domain index; preprocessing and class names are in its metadata."""
-        from mdl.core.export import FORMATS
+        from mdl.core.export import DEPRECATED, FORMATS
 
         if fmt not in FORMATS:
-            raise ValueError(f"unsupported --format {fmt!r}: choose {' or '.join(FORMATS)}")
+            raise ValueError(f"unsupported --format {fmt!r}: choose {', '.join(FORMATS)}")
+        if fmt in DEPRECATED:
+            info(f"[yellow]note:[/] {DEPRECATED[fmt]}")
         apply_threads(threads)
         from mdl.cli.jobs.export import export as run
 

@@ -1,10 +1,14 @@
-"""A multi-domain network as one self-contained file: ONNX (checked with onnxruntime) or TorchScript.
+"""A multi-domain network as one self-contained file: ONNX (checked with onnxruntime), a ``torch.export``
+ExportedProgram (``.pt2``, PyTorch's format; checked after ``torch.export.load``) or TorchScript
+(deprecated with ``torch.jit`` in torch 2.14: still written and checked, with a warning).
 
 The exported graph takes ``image`` [B, 3, H, W] (float32, already normalised with the sample's own
 domain's mean/std) and ``domain`` [B] (int64, each sample's position in the exported domain list) and
 returns ``logits`` [B, max K], ``-inf`` beyond each sample's own class count: the network's indexed
 forward (``net(x, domain=idx)``, see :mod:`mdl.core.nets.wrappers`), which has no Python branch on the
-data, so one trace serves every batch size and every mix of domains. The domain list, each domain's
+data, so one trace serves every batch size and every mix of domains: the graph sorts the batch by
+domain and runs each domain's layers on its slice only (bounds computed in the graph), so each image's
+work is done once. The domain list, each domain's
 preprocessing constants and class names travel in the file's metadata (``mdl.meta``, JSON).
 
 No database here: the caller (``mdl export``) gathers the domains' tensors and records.
@@ -22,7 +26,11 @@ from typing import Any
 import torch
 from torch import nn
 
-FORMATS = ("onnx", "torchscript")
+FORMATS = ("onnx", "pt2", "torchscript")
+DEPRECATED = {"torchscript": "TorchScript (torch.jit) is deprecated since torch 2.14 and warns on every load; "
+                             "use --format pt2 (torch.export) for PyTorch"}
+CHECKED_WITH = {"onnx": "onnxruntime (CPU)", "pt2": "torch.export.load", "torchscript": "torch.jit.load"}
+MAX_BATCH = 4096  # the .pt2 graph's dynamic batch range is 1..MAX_BATCH
 META_KEY = "mdl.meta"
 INPUTS = ("image", "domain")
 OUTPUT = "logits"
@@ -86,6 +94,18 @@ def _export_onnx(model: IndexedNet, x: torch.Tensor, idx: torch.Tensor, path: Pa
     onnx.save(proto, str(path))
 
 
+def _export_pt2(model: IndexedNet, x: torch.Tensor, idx: torch.Tensor, path: Path, meta: dict) -> None:
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    with torch.no_grad():
+        program = torch.export.export(model, (x, idx), dynamic_shapes={"image": {0: batch}, "domain": {0: batch}})
+    torch.export.save(program, str(path), extra_files={META_KEY: json.dumps(meta)})
+
+
+def load_pt2(path: Path):
+    """The exported program's module (call it as ``module(image, domain)``)."""
+    return torch.export.load(str(path)).module()
+
+
 def onnx_session(path: Path, threads: int | None = None):
     import onnxruntime as ort
 
@@ -107,17 +127,35 @@ def read_meta(path: Path) -> dict:
         props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
         return json.loads(props[META_KEY])
     files = {META_KEY: ""}
-    torch.jit.load(str(path), map_location="cpu", _extra_files=files)
+    if path.suffix == ".pt2" or _is_pt2(path):
+        torch.export.load(str(path), extra_files=files)
+    else:
+        torch.jit.load(str(path), map_location="cpu", _extra_files=files)
     return json.loads(files[META_KEY])
 
 
-def _run_exported(fmt: str, path: Path, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+def _is_pt2(path: Path) -> bool:
+    """An ExportedProgram archive (a zip holding ``archive_format``) rather than a TorchScript zip."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("archive_format") for n in z.namelist())
+    except zipfile.BadZipFile:
+        return False
+
+
+def _load_exported(fmt: str, path: Path):
+    """A callable (image, domain) -> logits over the written file, as its users will load it."""
     if fmt == "onnx":
         sess = onnx_session(path)
-        return torch.from_numpy(sess.run([OUTPUT], {"image": x.numpy(), "domain": idx.numpy()})[0])
-    module = torch.jit.load(str(path), map_location="cpu")
-    with torch.no_grad():
-        return module(x, idx)
+        return lambda x, idx: torch.from_numpy(sess.run([OUTPUT], {"image": x.numpy(), "domain": idx.numpy()})[0])
+    module = load_pt2(path) if fmt == "pt2" else torch.jit.load(str(path), map_location="cpu")
+
+    def run(x, idx):
+        with torch.no_grad():
+            return module(x, idx)
+    return run
 
 
 def export_network(net: nn.Module, fmt: str, out: Path, meta: dict[str, Any], *, image_size: int,
@@ -126,13 +164,14 @@ def export_network(net: nn.Module, fmt: str, out: Path, meta: dict[str, Any], *,
     PyTorch's mixed forward on seeded random inputs at two batch sizes (the graph's batch is dynamic);
     the file lands at ``out`` (atomically) only if the check passes. Returns what was checked."""
     if fmt not in FORMATS:
-        raise ValueError(f"unsupported format {fmt!r}: choose {' or '.join(FORMATS)}")
+        raise ValueError(f"unsupported format {fmt!r}: choose {', '.join(FORMATS)}")
     net = net.cpu().float().eval()
     model = IndexedNet(net)
     d = len(net.domains)
     x, idx = example_inputs(d, max(check_batches[0], d), image_size, seed)
     out = Path(out)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    # torch.export.load wants a name ending in .pt2
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp.pt2" if fmt == "pt2" else ".tmp", dir=out.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -141,20 +180,22 @@ def export_network(net: nn.Module, fmt: str, out: Path, meta: dict[str, Any], *,
             warnings.simplefilter("ignore")
             if fmt == "onnx":
                 _export_onnx(model, x, idx, tmp, meta)
+            elif fmt == "pt2":
+                _export_pt2(model, x, idx, tmp, meta)
             else:  # torch.jit.script cannot compile the wrappers' name-keyed routing: traced instead
                 with torch.no_grad():
                     traced = torch.jit.trace(model, (x, idx), check_trace=False)
                 torch.jit.save(traced, str(tmp), _extra_files={META_KEY: json.dumps(meta)})
         seconds = time.perf_counter() - t0
-        checks = []
+        checks, run = [], _load_exported(fmt, tmp)
         for i, b in enumerate(check_batches):
             cx, cidx = example_inputs(d, max(b, d), image_size, seed + 1 + i)
-            worst = compare(reference_logits(net, cx, cidx), _run_exported(fmt, tmp, cx, cidx), tol)
+            worst = compare(reference_logits(net, cx, cidx), run(cx, cidx), tol)
             checks.append({"batch": int(cx.shape[0]), "max_abs_diff": worst})
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return {"file": str(out), "format": fmt, "bytes": out.stat().st_size, "export_seconds": round(seconds, 2),
-            "checked_against": "onnxruntime (CPU)" if fmt == "onnx" else "torch.jit.load",
+            "checked_against": CHECKED_WITH[fmt],
             "tolerance": tol, "checks": checks}

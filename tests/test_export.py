@@ -1,5 +1,6 @@
 """`mdl export`'s graph: the indexed forward (a domain index tensor instead of names) equals per-domain
-forwards, and the ONNX / TorchScript files agree with PyTorch; a 3-domain Lite0 at 1e-4."""
+forwards, and the ONNX / torch.export / TorchScript files agree with PyTorch (for batches where a
+domain has 0, 1 or many samples); a 3-domain Lite0 at 1e-4."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,7 @@ import torch
 from test_nets_mixed import NAMES, check_against_single, make
 
 from mdl.core import create_network
-from mdl.core.export import compare, export_network, read_meta
+from mdl.core.export import compare, export_network, load_pt2, read_meta
 
 
 def indexed(net, names=NAMES):
@@ -87,6 +88,33 @@ def test_lite0_three_domains_onnx_agrees_with_pytorch(tmp_path):
             torch.testing.assert_close(got[i, :net.domains[n]], net(x[i:i + 1], domain=n)[0], rtol=1e-4, atol=1e-4)
     assert torch.equal(torch.isinf(got), torch.isinf(ref))
     assert float((got[torch.isfinite(ref)] - ref[torch.isfinite(ref)]).abs().max()) <= 1e-4 * max(1.0, float(ref[torch.isfinite(ref)].abs().max()))
+    # a batch without one domain (its layers run on an empty slice in the graph) and a one-image batch
+    for names in (["digits", "signs", "signs", "digits"], ["textures"]):
+        x = torch.randn(len(names), 3, 32, 32)
+        got = torch.from_numpy(sess.run(["logits"], {"image": x.numpy(), "domain": indexed(net, names).numpy()})[0])
+        assert got.shape == (len(names), 47)  # the graph pads to the widest exported head
+        with torch.no_grad():
+            for i, n in enumerate(names):
+                torch.testing.assert_close(got[i, :net.domains[n]], net(x[i:i + 1], domain=n)[0], rtol=1e-4, atol=1e-4)
+                assert torch.isinf(got[i, net.domains[n]:]).all()
+
+
+def test_pt2_export_round_trip(tmp_path):
+    """torch.export's ExportedProgram: dynamic batch, metadata, equal to PyTorch for any mix of domains
+    (a domain with 0, 1 or many samples)."""
+    net = make("resnet26_dw", "dw")
+    report = export_network(net, "pt2", tmp_path / "m.pt2", {"domains": list(net.domains)}, image_size=16)
+    assert report["checked_against"] == "torch.export.load"
+    assert read_meta(tmp_path / "m.pt2") == {"domains": ["a", "b", "c"]}
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt2"]
+    module = load_pt2(tmp_path / "m.pt2")
+    for names in (NAMES, ["b", "b", "a"], ["c"]):
+        x = torch.randn(len(names), 3, 16, 16)
+        with torch.no_grad():
+            got = module(x, indexed(net, names))
+            torch.testing.assert_close(got, net(x, domain=indexed(net, names)), rtol=1e-5, atol=1e-5)
+            for i, n in enumerate(names):
+                torch.testing.assert_close(got[i:i + 1, :net.domains[n]], net(x[i:i + 1], domain=n), rtol=1e-4, atol=1e-4)
 
 
 def test_torchscript_export_round_trip(tmp_path):

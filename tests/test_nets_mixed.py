@@ -3,14 +3,15 @@ import pytest
 import torch
 
 from mdl.core import create_network
-from mdl.core.nets import layers
+from mdl.core.nets import layers, wrappers
 
 NAMES = ["a", "b", "c", "a", "c", "b", "b", "a"]
 
 
 def make(arch, method):
     torch.manual_seed(0)
-    net = create_network(arch, method=method, domains={"a": 5, "b": 3, "c": 7}, width=0.125)
+    width = 0.125 if not arch.startswith("timm/") else 1.0  # timm models come at their own size
+    net = create_network(arch, method=method, domains={"a": 5, "b": 3, "c": 7}, width=width)
     with torch.no_grad():  # make every domain's tensors differ (BN stats included)
         for d in net.domains:
             for k, t in net.domain_tensors(d).items():
@@ -27,19 +28,70 @@ def check_against_single(net, x, out):
         assert torch.isinf(out[i, k:]).all() and (out[i, k:] < 0).all()
 
 
+@pytest.mark.parametrize("mode", ["slices", "per-sample"])
 @pytest.mark.parametrize("method", ["dw", "dw-sharing", "finetune", "classifier-only"])
-def test_stacked_equals_per_domain(method, monkeypatch):
+def test_stacked_equals_per_domain(method, mode, monkeypatch):
     net = make("resnet26_dw", method)
     calls = []
     real = layers.per_sample_depthwise
     monkeypatch.setattr(layers, "per_sample_depthwise", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(wrappers, "MIXED_DEPTHWISE", mode)
     x = torch.randn(len(NAMES), 3, 16, 16)
     with torch.no_grad():
         out = net(x, domain=NAMES)
     check_against_single(net, x, out)
-    if method in ("dw", "finetune"):  # per-domain depthwise filters -> gathered grouped conv: 24 in blocks + the stem
-        assert len(calls) == 25
+    # per-domain depthwise filters (24 in blocks + the stem): one grouped conv each in per-sample mode
+    assert len(calls) == (25 if method in ("dw", "finetune") and mode == "per-sample" else 0)
     assert out.argmax(1).lt(torch.tensor([net.domains[d] for d in NAMES])).all()
+
+
+SIZES = {  # a domain with 0, 1 and many samples; sorted, reversed, interleaved
+    "one-of-b": ["a", "a", "c", "b", "c", "a", "c"],
+    "no-c": ["b", "a", "a", "b", "a"],
+    "sorted": ["a", "a", "a", "b", "b", "c"],
+    "reversed": ["c", "b", "b", "a", "a", "a"],
+}
+
+
+@pytest.mark.parametrize("arch", ["resnet26_dw", "timm/mobilenetv3_large_100", "timm/tf_efficientnet_lite0",
+                                  "timm/convnext_atto"])
+@pytest.mark.parametrize("case", list(SIZES))
+def test_mixed_equals_per_domain_for_any_counts_and_order(arch, case):
+    names = SIZES[case]
+    net = make(arch, "dw")
+    x = torch.randn(len(names), 3, 32, 32)
+    with torch.no_grad():
+        out = net(x, domain=names)
+        idx = torch.tensor([list(net.domains).index(n) for n in names])
+        indexed = net(x, domain=idx)
+    present = max(net.domains[d] for d in names)
+    assert out.shape == (len(names), present)  # padded to the widest head of the batch's domains
+    for i, d in enumerate(names):
+        k = net.domains[d]
+        ref = net(x[i:i + 1], domain=d)
+        torch.testing.assert_close(out[i:i + 1, :k], ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+        assert torch.isinf(out[i, k:]).all()
+        torch.testing.assert_close(indexed[i:i + 1, :k], ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+        assert torch.isinf(indexed[i, k:]).all()
+
+
+def test_mixed_batch_does_each_images_work_once():
+    """FLOPs of a mixed batch (names or an index tensor) equal a one-domain batch's: no domain's layers
+    run on another domain's samples."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = make("resnet26_dw", "dw")
+    x = torch.randn(len(NAMES), 3, 16, 16)
+    idx = torch.tensor([list(net.domains).index(n) for n in NAMES])
+    flops = {}
+    with torch.no_grad():
+        for key, domain in (("single", "c"), ("names", NAMES), ("indexed", idx)):
+            with FlopCounterMode(display=False) as fc:
+                net(x, domain=domain)
+            flops[key] = fc.get_total_flops()
+    # the heads differ in width (5/3/7 classes vs 7 for all): a few hundred FLOPs of several million
+    assert abs(flops["names"] - flops["single"]) < 1e-3 * flops["single"]
+    assert abs(flops["indexed"] - flops["single"]) < 1e-3 * flops["single"]
 
 
 @pytest.mark.parametrize("method", ["bn", "parallel-adapter", "series-adapter"])

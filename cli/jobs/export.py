@@ -27,7 +27,7 @@ def export(reg: Registry, names: list[str], fmt: str, out: Path) -> dict[str, An
     from mdl.core.export import FORMATS, INPUTS, OUTPUT, export_network
 
     if fmt not in FORMATS:
-        raise ValueError(f"unsupported --format {fmt!r}: choose {' or '.join(FORMATS)}")
+        raise ValueError(f"unsupported --format {fmt!r}: choose {', '.join(FORMATS)}")
     if len(set(names)) != len(names):
         raise ValueError(f"a domain is named twice: {' '.join(names)}")
     out = _check_out(out)

@@ -24,6 +24,15 @@ def channels_last(x: torch.Tensor) -> bool:
     return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
+def cat_batch(ys: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate along the batch, keeping channels_last when the parts have it."""
+    if len(ys) == 1:
+        return ys[0]
+    if channels_last(ys[0]):
+        return torch.cat(ys).contiguous(memory_format=torch.channels_last)
+    return torch.cat(ys)
+
+
 def per_sample_depthwise(conv: nn.Conv2d, x: torch.Tensor, weights: torch.Tensor,
                          bias: torch.Tensor | None = None) -> torch.Tensor:
     """Stacked depthwise conv (paper eq. 7): ``weights`` [B, Cout, 1, k, k] are each sample's own filters

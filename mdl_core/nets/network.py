@@ -353,17 +353,35 @@ class MultiDomainNet(nn.Module):
             self._check_domain(d)
         if len(uniq) == 1:
             return self.forward(x, uniq[0], use_gate)
-        groups = [(d, torch.tensor([i for i, n in enumerate(names) if n == d], device=x.device)) for d in uniq]
         if use_gate:  # each domain's gate mixes a different set: one gated pass per domain
+            groups = [(d, torch.tensor([i for i, n in enumerate(names) if n == d], device=x.device)) for d in uniq]
             return self._per_domain(x, groups)
-        r.order = list(self.head.domains)
-        pos = {d: i for i, d in enumerate(r.order)}
-        r.groups, r.per_sample = groups, not self.training
-        r.idx = torch.tensor([pos[n] for n in names], device=x.device)
+        # Sort the batch by domain once: every per-domain module then works on contiguous slices (views).
+        order = list(self.head.domains)
+        pos = {d: i for i, d in enumerate(order)}
+        perm = sorted(range(len(names)), key=lambda i: pos[names[i]])
+        counts = {d: 0 for d in sorted(uniq, key=pos.__getitem__)}
+        for n in names:
+            counts[n] += 1
+        slices, start = [], 0
+        for d, n in counts.items():
+            slices.append((d, start, start + n))
+            start += n
+        idx = torch.tensor([pos[names[i]] for i in perm], device=x.device)
+        ix = None if perm == list(range(len(names))) else torch.tensor(perm, device=x.device)
+        return self._sorted_forward(x, ix, idx, slices, order)
+
+    def _sorted_forward(self, x, perm, idx_sorted, slices, order, indexed: bool = False):
+        """The trunk over ``x[perm]`` (sorted by domain: ``slices`` [(domain, start, end)]), back in
+        ``x``'s order. ``perm`` None: already sorted."""
+        r = self.router
+        r.order, r.slices, r.idx = order, slices, idx_sorted
+        r.per_sample, r.indexed = not self.training, indexed
         try:
-            return self.trunk(x)
+            y = self.trunk(x if perm is None else x[perm])  # advanced indexing keeps channels_last (index_select not)
         finally:
             r.clear()
+        return y if perm is None else y[torch.argsort(perm)]
 
     def _forward_indexed(self, x: torch.Tensor, idx: torch.Tensor, use_gate: bool = False) -> torch.Tensor:
         if self.training:
@@ -375,16 +393,20 @@ class MultiDomainNet(nn.Module):
         if not torch.jit.is_tracing() and not torch.compiler.is_compiling() and idx.numel() and (
                 int(idx.min()) < 0 or int(idx.max()) >= len(self.domains)):
             raise ValueError(f"domain index out of range 0..{len(self.domains) - 1}")
-        r = self.router
-        r.order = list(self.head.domains)
-        if not r.order:
+        order = list(self.head.domains)
+        if not order:
             raise KeyError("no domains in this network")
-        r.idx = idx.long()
-        r.per_sample, r.indexed = True, True
-        try:
-            return self.trunk(x)
-        finally:
-            r.clear()
+        # The same sorted pass with every bound a tensor (traceable; no Python branch on the data): the sort
+        # key idx*B + position is unique, so any sort is the stable one (ONNX has no stable sort).
+        idx = idx.long()
+        n = idx.shape[0]
+        perm = torch.argsort(idx * n + torch.arange(n, device=idx.device))
+        idx_sorted = idx[perm]
+        counts = (idx_sorted.unsqueeze(1) == torch.arange(len(order), device=idx.device).unsqueeze(0)).sum(0)
+        ends = torch.cumsum(counts, 0)
+        starts = ends - counts
+        slices = [(d, starts[i], ends[i]) for i, d in enumerate(order)]
+        return self._sorted_forward(x, perm, idx_sorted, slices, order, indexed=True)
 
     def _per_domain(self, x, groups):
         maxk = max(self.domains[d] for d, _ in groups)

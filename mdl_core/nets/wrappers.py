@@ -8,16 +8,18 @@ outside the module tree so it is neither trained nor counted). Every wrapper of 
 
 * one domain: each wrapper runs that domain's copy (the module's own forward, so a one-domain network
   is exactly the trunk);
-* a mixed batch: dense per-domain modules run once per domain on that domain's samples (grouped); in
-  eval mode depthwise convs run ONE grouped conv with per-sample filters (paper eq. 7) and norms a
-  per-sample affine, from per-domain tensors stacked [D, ...] and cached until a tensor changes;
+* a mixed batch: the network sorts the batch by domain ONCE (and restores the caller's order once at
+  the end), so each domain's samples are one contiguous slice (``router.slices``) and every per-domain
+  module runs each domain's copy on its slice (a view: no gather or scatter per layer), the outputs
+  concatenated. In eval mode norms apply one per-sample affine over the whole batch (stacked [D, C]
+  tensors gathered by each sample's domain, cached until a tensor changes); see ``MIXED_DEPTHWISE`` for
+  depthwise convs. Each image's work is done once;
 * a soft-sharing gate: depthwise wrappers the gate covers mix all T mixed domains' outputs (eq. 8);
 * an *indexed* batch (eval only, for export): each sample's domain is a position in ``order`` given as
-  a tensor, so no Python control flow depends on the data and the pass can be traced into a graph with
-  a dynamic batch: norms apply the same per-sample affines as a mixed batch; every other per-domain
-  module (depthwise convs included: the per-sample fold above needs groups = B*C, which a graph with a
-  dynamic batch cannot have) runs each domain's copy on the whole batch and each sample keeps its own
-  domain's output (``torch.where``: exact; D times the work of those layers for D domains).
+  a tensor; the network sorts by it and computes the slice bounds as tensors, so no Python control flow
+  depends on the data and the same pass traces into a graph with a dynamic batch (ONNX ``Slice`` with
+  computed bounds, ``torch.export`` unbacked sizes): still each image's work once, a domain with no
+  sample runs on an empty slice.
 """
 from __future__ import annotations
 
@@ -41,8 +43,9 @@ class Router:
 
     def clear(self) -> None:
         self.domain: str | None = None      # a single-domain forward
-        self.groups: list = []              # mixed: [(domain, LongTensor of sample indices)]
-        self.idx: torch.Tensor | None = None  # mixed: each sample's position in ``order``
+        self.slices: list = []              # mixed (batch sorted by domain): [(domain, start, end)], ints
+                                            # (eager) or 0-dim tensors (indexed: bounds computed in the graph)
+        self.idx: torch.Tensor | None = None  # mixed: each (sorted) sample's position in ``order``
         self.order: list[str] = []          # every registered domain, in stacking order
         self.per_sample = False             # mixed and in eval: per-sample stacked paths allowed
         self.indexed = False                # idx is the only assignment (traceable, eval): see module doc
@@ -104,39 +107,27 @@ class PerDomain(nn.Module):
         return self.grouped(x)
 
     def grouped(self, x, fn: Callable | None = None):
-        if self.router.indexed:
-            return self.selected([self.domains[d](x) if fn is None else fn(d, x) for d in self.router.order])
-        out = None
-        for d, ix in self.router.groups:
-            xs = x.index_select(0, ix)
-            y = self.domains[d](xs) if fn is None else fn(d, xs)
-            if out is None:
-                fmt = torch.channels_last if layers.channels_last(y) else torch.contiguous_format
-                out = torch.empty((x.shape[0],) + y.shape[1:], dtype=y.dtype, device=y.device, memory_format=fmt)
-            out.index_copy_(0, ix, y)
-        return out
-
-    def selected(self, outputs: list[torch.Tensor]) -> torch.Tensor:
-        """Indexed batches: ``outputs[d]`` is domain d's module on the whole batch; sample i keeps
-        ``outputs[idx[i]][i]`` (``where`` selects exactly; no arithmetic on the other outputs)."""
-        idx = self.router.idx
-        out = outputs[0]
-        for d in range(1, len(outputs)):
-            pick = (idx == d).reshape((-1,) + (1,) * (out.dim() - 1))
-            out = torch.where(pick, outputs[d], out)
-        return out
+        """Each domain's copy (or ``fn(domain, part)``) on its slice of the domain-sorted batch."""
+        ys = [self.domains[d](x[s:e]) if fn is None else fn(d, x[s:e]) for d, s, e in self.router.slices]
+        return layers.cat_batch(ys)
 
     def stacked(self, build: Callable[[list[nn.Module]], object]):
         """``build`` over every domain's copy in router order; cached while no tensor changes (identity,
-        storage or in-place version) and autograd is off."""
+        storage or in-place version), autograd is off and no graph is being traced (fake tensors there)."""
         mods = [self.domains[d] for d in self.router.order]
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling():
             return build(mods)
         sig = tuple((d, tuple((id(t), t.data_ptr(), t._version) for t in (*m._parameters.values(), *m._buffers.values())
                               if t is not None)) for d, m in zip(self.router.order, mods))
         if sig != self._stack_sig:
             self._stack_sig, self._stack_val = sig, build(mods)
         return self._stack_val
+
+
+# How a mixed eval batch runs its depthwise convs (measured, bench/mixed_batch.py): "slices" runs each
+# domain's conv on its contiguous slice of the sorted batch; "per-sample" one grouped conv over the
+# whole batch with per-sample filters (groups = B*C, paper eq. 7; needs a layout copy in and out).
+MIXED_DEPTHWISE = "slices"
 
 
 class PerDomainDepthwise(PerDomain):
@@ -151,11 +142,14 @@ class PerDomainDepthwise(PerDomain):
             return layers.mixed_depthwise(convs[0], x, torch.stack([c.weight for c in convs]), mlp(x), bias)
         if r.domain is not None:
             return self.domains[r.domain](x)
-        if not r.per_sample or r.indexed:  # indexed: each domain's own conv (groups = C, static), selected
-            return self.grouped(x)
-        w, b = self.stacked(lambda ms: (torch.stack([m.weight for m in ms]),
+        if r.per_sample and not r.indexed and MIXED_DEPTHWISE == "per-sample":  # groups = B*C: eager only
+            w, b = self._stacked_filters()
+            return layers.per_sample_depthwise(self.template, x, w[r.idx], None if b is None else b[r.idx])
+        return self.grouped(x)
+
+    def _stacked_filters(self):
+        return self.stacked(lambda ms: (torch.stack([m.weight for m in ms]),
                                         torch.stack([m.bias for m in ms]) if ms[0].bias is not None else None))
-        return layers.per_sample_depthwise(self.template, x, w[r.idx], None if b is None else b[r.idx])
 
 
 def _bn_affine(ms):
@@ -238,16 +232,8 @@ class PerDomainHead(PerDomain):
         r = self.router
         if r.domain is not None:
             return self.domains[r.domain](self._drop(r.domain, x))
-        if r.indexed:
-            ys = [self.domains[d](x) for d in r.order]
-            maxk = max(y.shape[1] for y in ys)
-            pad = [nn.functional.pad(y, (0, maxk - y.shape[1]), value=float("-inf")) for y in ys]
-            return self.selected(pad)
-        maxk = max(self.domains[d].out_features for d, _ in r.groups)
-        out = None
-        for d, ix in r.groups:
-            y = self.domains[d](self._drop(d, x.index_select(0, ix)))
-            if out is None:
-                out = y.new_full((x.shape[0], maxk), float("-inf"))
-            out[ix, : y.shape[1]] = y
-        return out
+        # padded to the widest head of the batch's domains (of every domain in an indexed graph: static)
+        present = r.order if r.indexed else [d for d, _, _ in r.slices]
+        maxk = max(self.domains[d].out_features for d in present)
+        ys = [self.domains[d](self._drop(d, x[s:e])) for d, s, e in r.slices]
+        return torch.cat([F.pad(y, (0, maxk - y.shape[1]), value=float("-inf")) for y in ys])
