@@ -1,0 +1,135 @@
+"""Mixed-domain batches against single-domain ones (issue 18): eval mode, `torch.no_grad`, method `dw`,
+10 domains with the Visual Decathlon's class counts (ImageNet's 1000 left out), 64 px, channels_last as
+`DeviceSetup` prepares it, random initialisation with every domain's tensors perturbed (speed does not
+depend on the weights; the perturbation makes the equality check mean something).
+
+For each trunk and k images per domain (batch 10k, the domains interleaved: the worst order for a
+sort-free path), one run times, in interleaved rounds (median):
+
+  single      a batch of the same size from one domain (the cost to match)
+  slices      the mixed batch, depthwise convs per domain on its slice of the sorted batch
+  per-sample  the mixed batch, depthwise convs as one grouped conv with per-sample filters (eq. 7)
+  loop        one forward per domain on its samples (what a user would write without mdl)
+
+and checks that the mixed outputs equal the per-domain forwards. The ratio that the issue's targets
+read is single time / mixed time (>= 0.9 at k = 10, >= 0.8 at k = 1 on Lite0) for the mode mdl picks
+(``mdl.core.nets.wrappers.MIXED_DEPTHWISE``), reported beside the other mode.
+
+    PYTHONPATH=. python bench/mixed_batch.py            # alone on the machine; ~5 min on 2 cores
+    PYTHONPATH=. python bench/mixed_batch.py --report-only
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._common import RESULTS, machine, median_time, write_json  # noqa: E402
+
+ARCHS = ["timm/tf_efficientnet_lite0", "resnet26_dw", "timm/mobilenetv3_large_100"]
+DOMAINS = {"aircraft": 100, "cifar100": 100, "daimlerpedcls": 2, "dtd": 47, "gtsrb": 43, "omniglot": 1623,
+           "svhn": 10, "ucf101": 101, "vgg-flowers": 102, "digits": 10}
+OUT = RESULTS / "mixed_batch.json"
+
+
+def perturb(net, seed: int = 0) -> None:
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for d in net.domains:
+            for k, t in net.domain_tensors(d).items():
+                noise = torch.rand(t.shape, generator=g)
+                t.mul_(1 + 0.2 * noise) if k.endswith("running_var") else t.add_(0.02 * (noise - 0.5))
+
+
+def bench(arch: str, k: int, px: int, repeats: int) -> dict:
+    import torch
+
+    from mdl.core import create_network
+    from mdl.core.nets import wrappers
+    from mdl.core.training import DeviceSetup
+
+    dev = DeviceSetup.resolve("cpu")
+    torch.manual_seed(0)
+    net = create_network(arch, method="dw", domains=DOMAINS)
+    perturb(net)
+    dev.prepare(net)
+    net.eval()
+    names = list(DOMAINS)
+    doms = [names[i % len(names)] for i in range(k * len(names))]
+    x = dev.batch(torch.randn(len(doms), 3, px, px))
+    groups = {d: torch.tensor([i for i, n in enumerate(doms) if n == d]) for d in names}
+    chosen = wrappers.MIXED_DEPTHWISE
+
+    def mixed(mode):
+        def fn():
+            wrappers.MIXED_DEPTHWISE = mode
+            try:
+                return net(x, domain=doms)
+            finally:
+                wrappers.MIXED_DEPTHWISE = chosen
+        return fn
+
+    fns = {"single": lambda: net(x, domain=names[0]), "slices": mixed("slices"), "per-sample": mixed("per-sample"),
+           "loop": lambda: [net(x[ix], domain=d) for d, ix in groups.items()]}
+    with torch.no_grad():
+        ts = dict(zip(fns, median_time(list(fns.values()), repeats)))
+        loop = fns["loop"]()
+        diffs = {}
+        for mode in ("slices", "per-sample"):
+            out = fns[mode]()
+            diffs[mode] = max((out[ix, : y.shape[1]] - y).abs().max().item() for (d, ix), y in zip(groups.items(), loop))
+    b = len(doms)
+    row = {"arch": arch, "per_domain": k, "batch": b, "px": px, "chosen_mode": chosen,
+           **{f"{n}_img_per_s": round(b / t, 1) for n, t in ts.items()},
+           **{f"{n}_over_single": round(ts["single"] / t, 3) for n, t in ts.items() if n != "single"},
+           "max_abs_diff_vs_loop": diffs}
+    print(f"[mixed] {json.dumps(row)}", file=sys.stderr, flush=True)
+    return row
+
+
+def markdown(res: dict) -> str:
+    m = res["machine"]
+    lines = [f"# Mixed-domain batches vs single-domain batches (`bench/mixed_batch.py`)", "",
+             f"Machine: {m['cpu']}, {m['cpus']} CPUs, torch {m['torch']} ({m['torch_threads']} threads), "
+             f"load average at start {m['load_average_1_5_15']}; "
+             + (f"GPU {m['cuda']}." if m.get("cuda") else "**no GPU** (CUDA figures not measured)."), "",
+             f"Eval, `torch.no_grad`, method dw, 10 domains (decathlon class counts), {res['rows'][0]['px']} px, "
+             f"channels_last, median of {res['repeats']} interleaved rounds. Ratios: single-domain time / this "
+             "path's time at the same batch size (1.0 = a mixed batch costs what a one-domain batch costs).", "",
+             "| trunk | k per domain | batch | single img/s | **slices / single** | per-sample / single | "
+             "loop / single | max abs diff vs loop (slices / per-sample) |", "|---|---|---|---|---|---|---|---|"]
+    for r in res["rows"]:
+        d = r["max_abs_diff_vs_loop"]
+        lines.append(f"| `{r['arch']}` | {r['per_domain']} | {r['batch']} | {r['single_img_per_s']} | "
+                     f"**{r['slices_over_single']:.2f}** | {r['per-sample_over_single']:.2f} | {r['loop_over_single']:.2f} | "
+                     f"{d['slices']:.1e} / {d['per-sample']:.1e} |")
+    lines += ["", f"mdl runs mixed eval batches in mode `{res['rows'][0]['chosen_mode']}` "
+              "(`mdl.core.nets.wrappers.MIXED_DEPTHWISE`).", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", action="append", help=f"trunks (default: {', '.join(ARCHS)})")
+    ap.add_argument("--per-domain", type=int, action="append", help="k images per domain (default 10 and 1)")
+    ap.add_argument("--px", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--report-only", action="store_true")
+    a = ap.parse_args(argv)
+    if a.report_only:
+        res = json.loads(OUT.read_text())
+    else:
+        res = {"machine": machine(), "repeats": a.repeats,
+               "rows": [bench(arch, k, a.px, a.repeats) for arch in a.arch or ARCHS for k in a.per_domain or (10, 1)]}
+        write_json(OUT, res)
+    OUT.with_suffix(".md").write_text(markdown(res))
+    print(markdown(res))
+
+
+if __name__ == "__main__":
+    main()
