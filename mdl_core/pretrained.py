@@ -82,6 +82,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"weights file not found: {path}")
+    check_container(path)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -108,7 +109,38 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     # Strip DataParallel's prefix only when every key has it, so no two keys can collide.
     if all(k.startswith("module.") for k in tensors):
         tensors = {k[len("module."):]: v for k, v in tensors.items()}
+    check_values(path, tensors)
     return tensors
+
+
+def check_container(path: Path) -> None:
+    """A torch zip checkpoint whole: ``torch.load`` does not check its members' CRCs, so a file with
+    bytes overwritten in the middle loads silently with wrong weights; ``testzip`` reads every member."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return  # legacy torch pickles and safetensors carry no checksum: check_values is what is left
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise ValueError(f"corrupt weights file {path}: {exc}") from None
+    if bad is not None:
+        raise ValueError(f"corrupt weights file {path}: member {bad} fails its CRC check")
+
+
+def check_values(path: Path, tensors: Mapping[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> None:
+    """Every floating value finite and representable in ``dtype`` (what mdl stores): a float64 weight of
+    1e300 would become inf in float32 and every prediction NaN. Names the first bad tensor."""
+    limit = torch.finfo(dtype).max
+    for key, t in tensors.items():
+        if not t.is_floating_point() or t.numel() == 0:
+            continue
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"weights file {path}: tensor {key} holds non-finite values (NaN or inf)")
+        if float(t.detach().abs().max()) > limit:
+            raise ValueError(f"weights file {path}: tensor {key} holds values beyond {str(dtype).split('.')[-1]}'s "
+                             f"range (max |x| {float(t.abs().max()):.3g})")
 
 
 @functools.lru_cache(maxsize=1)

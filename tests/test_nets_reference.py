@@ -111,3 +111,63 @@ def test_cli_imports_a_reference_checkpoint_with_equal_logits(tmp_path, mdl, hom
     Image.new("RGB", (40, 40), (10, 200, 30)).save(tmp_path / "a.png")
     pred = mdl("predict", "digits", str(tmp_path / "a.png"), home=home)
     assert pred.code == 1 and "mean/std" in pred.stderr
+
+
+def _corrupt_middle(path, n=4096):
+    """Overwrite n bytes in the middle of the file (same length): what a bad disk or transfer does."""
+    data = bytearray(path.read_bytes())
+    mid = len(data) // 2
+    data[mid:mid + n] = bytes((i * 37 + 11) % 256 for i in range(n))
+    path.write_bytes(bytes(data))
+
+
+def _guo_state(change=None):
+    state = randomise(GuoResNet26([5, 7], factor=0.5)).float().state_dict()
+    for key, fn in (change or {}).items():
+        state[key] = fn(state[key])
+    return state
+
+
+@pytest.mark.parametrize("case,message", [
+    ("corrupt", "fails its CRC check"),
+    ("huge", "beyond float32's range"),
+    ("nan", "non-finite"),
+    ("no-bias", "missing key 'fcs.1.bias'"),
+])
+def test_foreign_checkpoint_checked_whole_registry_unchanged(tmp_path, mdl, home, case, message):
+    """A reference checkpoint with 4 KiB overwritten in its middle used to import with exit 0 and predict
+    NaN (a weight read back as 1.8e308, inf in float32); a missing classifier bias failed as 'head.bias'."""
+    from conftest import tree_digest
+
+    path = tmp_path / "guo.pth"
+    if case == "corrupt":
+        torch.save(_guo_state(), path)
+        _corrupt_middle(path)
+    elif case == "huge":  # a float64 tensor whose value float32 cannot hold
+        torch.save(_guo_state({"fcs.1.weight": lambda t: t.double().index_fill(1, torch.tensor([0]), 1e300)}), path)
+    elif case == "nan":
+        torch.save(_guo_state({"conv1.pointwise.weight": lambda t: t.index_fill(0, torch.tensor([0]), float("nan"))}), path)
+    else:
+        state = _guo_state()
+        del state["fcs.1.bias"]
+        torch.save(state, path)
+    assert mdl("init", home=home).code == 0
+    before = tree_digest(home)
+    bad = mdl("trunk", "import", str(path), "--reference", "guo2019", "--names", "src,digits", home=home)
+    assert bad.code == 1, bad.stdout
+    assert message in bad.stderr and str(path) in bad.stderr.replace("\n", ""), bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
+    assert tree_digest(home) == before
+
+
+def test_safetensors_and_torch_files_checked_for_values(tmp_path):
+    from safetensors.torch import save_file
+
+    from mdl.core.pretrained import read_state_dict
+
+    ok = {"a.weight": torch.randn(4, 4), "steps": torch.tensor(3)}
+    save_file(ok, tmp_path / "ok.safetensors")
+    assert set(read_state_dict(tmp_path / "ok.safetensors")) == {"a.weight", "steps"}
+    save_file({"a.weight": torch.tensor([1.0, float("inf")])}, tmp_path / "inf.safetensors")
+    with pytest.raises(ValueError, match=r"tensor a\.weight holds non-finite"):
+        read_state_dict(tmp_path / "inf.safetensors")

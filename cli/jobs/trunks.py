@@ -41,6 +41,7 @@ def _weights(arch: str, path: str | None, from_timm: bool) -> tuple[dict, dict |
             raise ValueError(f"timm could not fetch pretrained weights for {arch}: "
                              f"{(str(exc).splitlines() or [type(exc).__name__])[0][:160]}") from None
         cfg = dict(model.pretrained_cfg)
+        pretrained.check_values(Path(arch), model.state_dict())
         return model.state_dict(), cfg, {"source": f"timm pretrained ({cfg.get('hf_hub_id') or cfg.get('url')})",
                                          **library}
     if path is None:
@@ -119,7 +120,10 @@ def import_reference(reg: Registry, path: str, *, layout: str, names: list[str] 
     from mdl.registry.store import check_name
 
     file = Path(path).expanduser()
-    ckpt = split_reference_state(pretrained.read_state_dict(file), layout)
+    try:
+        ckpt = split_reference_state(pretrained.read_state_dict(file), layout)
+    except ValueError as exc:
+        raise ValueError(str(exc) if str(file) in str(exc) else f"{file}: {exc}") from None
     names = list(names or (["imagenet"] if len(ckpt.tasks) == 1 else []))
     if len(names) != len(ckpt.tasks):
         raise ValueError(f"the checkpoint holds {len(ckpt.tasks)} tasks: name them in task order with "
@@ -129,7 +133,10 @@ def import_reference(reg: Registry, path: str, *, layout: str, names: list[str] 
     if len(set(names)) != len(names):
         raise ValueError(f"--names repeats a name: {names}")
     net = create_network(ckpt.arch, method=ckpt.method, width=ckpt.width)
-    load_reference(net, ckpt, names)  # strict: nothing registered unless every tensor found its place
+    try:
+        load_reference(net, ckpt, names)  # strict: nothing registered unless every tensor found its place
+    except (ValueError, RuntimeError) as exc:  # RuntimeError: load_state_dict's shape mismatch, made one line
+        raise ValueError(f"{file}: {(str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]}") from None
     trunk_tensors = net.trunk_state_dict(names[0])
     num_params = learnable_params(trunk_tensors)
     provenance = {"source": f"file {file.resolve()}", "weights_sha256": sha256_file(file), "library": "reference",

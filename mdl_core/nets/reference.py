@@ -169,6 +169,7 @@ def split_reference_state(state: dict[str, torch.Tensor], layout: str) -> Refere
                          f"(the layout of {spec.read_from})")
     shared: dict[str, torch.Tensor] = {}
     tasks: dict[int, dict[str, torch.Tensor]] = {}
+    source: dict[tuple[int, str], str] = {}  # (task, mdl key) -> the reference key it came from
     for key, value in state.items():
         if key.endswith(NBT):
             continue
@@ -177,8 +178,16 @@ def split_reference_state(state: dict[str, torch.Tensor], layout: str) -> Refere
             raise ValueError(f"{layout}: unexpected key {key!r} (not part of {spec.read_from})")
         name, task = mapped
         (shared if task is None else tasks.setdefault(task, {}))[name] = value
+        if task is not None:
+            source[task, name] = key
     if sorted(tasks) != list(range(len(tasks))) or not tasks:
         raise ValueError(f"{layout}: task indices {sorted(tasks)} are not 0..T-1")
+    for t, own in tasks.items():  # every task's classifier whole (its class count is read from it)
+        for have, want in (("head.weight", "head.bias"), ("head.bias", "head.weight")):
+            if want not in own:
+                near = source.get((t, have))
+                key = f"{near.rsplit('.', 1)[0]}.{want.split('.')[1]}" if near else f"task {t}'s classifier {want.split('.')[1]}"
+                raise ValueError(f"{layout}: missing key {key!r} (task {t}'s classifier)")
     width = state[spec.stem_out_key].shape[0] / spec.base_channels
     return ReferenceCheckpoint(layout, spec.arch, spec.method(list(state)), float(width), shared,
                                [tasks[t] for t in range(len(tasks))])
