@@ -26,19 +26,28 @@ def import_(
     names: Annotated[Optional[str], typer.Option(
         "--names", help="With --reference: comma-separated domain names for the checkpoint's tasks, in task order "
                         "(task 0 becomes the trunk's source domain). Default for one task: imagenet.")] = None,
+    mean: Annotated[Optional[str], typer.Option("--mean", help="R,G,B mean the imported domains' images are "
+                    "normalised with. Default: the weights' pretrained config, else ImageNet's (0.485,0.456,0.406).")] = None,
+    std: Annotated[Optional[str], typer.Option("--std", help="R,G,B std (default: as --mean; ImageNet's "
+                                                             "0.229,0.224,0.225).")] = None,
+    crop: Annotated[Optional[int], typer.Option("--crop", min=8, help="Crop the imported domains take "
+                                                "(default: 64/72 of --image-size; the weights' config for their classifier).")] = None,
     threads: Threads = None, home: Home = None, as_json: Json = False,
 ) -> None:
     """Register a pretrained trunk version (with its provenance and preprocessing config)."""
     apply_threads(threads)
     from mdl.cli.jobs.trunks import import_reference, import_trunk
     from mdl.cli.registry_cmds import open_registry, version_row
+    from mdl.core.data.transforms import parse_stats
 
+    stats = {"mean": parse_stats(mean, "mean") if mean else None, "std": parse_stats(std, "std") if std else None,
+             "crop": crop}
     reg = open_registry(home)
     if reference is not None:
         if weights is None:
             raise ValueError("--reference needs the checkpoint file as WEIGHTS")
         trunk, versions = import_reference(reg, weights, layout=reference, image_size=image_size,
-                                           names=[n.strip() for n in names.split(",")] if names else None)
+                                           names=[n.strip() for n in names.split(",")] if names else None, **stats)
         result = {"trunk": trunk.label, "num_params": trunk.num_params, "provenance": trunk.provenance,
                   "domains": [version_row(v) for v in versions]}
         if as_json:
@@ -49,7 +58,7 @@ def import_(
     if names is not None:
         raise ValueError("--names only applies with --reference")
     trunk, version = import_trunk(reg, arch=arch, path=weights, from_timm=from_timm, source_name=source_name,
-                                  image_size=image_size)
+                                  image_size=image_size, **stats)
     result = {"trunk": trunk.label, "num_params": trunk.num_params, "provenance": trunk.provenance,
               "domain": version_row(version) if version else None}
     if as_json:

@@ -106,11 +106,38 @@ def test_cli_imports_a_reference_checkpoint_with_equal_logits(tmp_path, mdl, hom
     with torch.no_grad():
         for t, name in enumerate(["src", "digits"]):
             assert (net(x, name) - ref(x, t)).abs().max().item() < 1e-5
-    # no recorded mean/std: prediction says so in one line instead of guessing a normalisation
+    # imported domains are usable: ImageNet's statistics recorded (stated), so predict and export work
     from PIL import Image
+    assert versions[1].data["mean"] == [0.485, 0.456, 0.406] and versions[1].data["std"] == [0.229, 0.224, 0.225]
+    assert versions[1].data["stats_from"].startswith("ImageNet") and versions[1].data["crop"] == 64
     Image.new("RGB", (40, 40), (10, 200, 30)).save(tmp_path / "a.png")
-    pred = mdl("predict", "digits", str(tmp_path / "a.png"), home=home)
-    assert pred.code == 1 and "mean/std" in pred.stderr
+    pred = mdl("predict", "digits", str(tmp_path / "a.png"), "--json", home=home)
+    assert pred.code == 0, pred.stderr
+    assert pred.json()[0]["top"][0]["class"] in [str(i) for i in range(7)]
+    exp = mdl("export", "src", "digits", "--format", "onnx", "--out", str(tmp_path / "m.onnx"), home=home)
+    assert exp.code == 0, exp.stderr
+
+
+def test_reference_import_takes_the_preprocessing(tmp_path, mdl, home):
+    from conftest import tree_digest
+
+    from mdl.registry.store import Registry
+
+    path = tmp_path / "guo.pth"
+    torch.save(randomise(CASES["guo2019"]()).float().state_dict(), path)
+    assert mdl("init", home=home).code == 0
+    before = tree_digest(home)
+    for bad, message in ((["--mean", "0.5,0.5"], "three comma-separated"), (["--std", "0.2,0,0.2"], "each > 0"),
+                         (["--image-size", "32", "--crop", "40"], "larger than --image-size")):
+        r = mdl("trunk", "import", str(path), "--reference", "guo2019", "--names", "src,svhn", *bad, home=home)
+        assert r.code == 1 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert tree_digest(home) == before
+    ok = mdl("trunk", "import", str(path), "--reference", "guo2019", "--names", "src,svhn", "--mean", "0.44,0.44,0.47",
+             "--std", "0.2,0.2,0.2", "--image-size", "36", "--crop", "32", home=home)
+    assert ok.code == 0, ok.stderr
+    data = Registry.open(home).domain_version("svhn").data
+    assert (data["mean"], data["std"], data["image_size"], data["crop"], data["stats_from"]) == \
+        ([0.44, 0.44, 0.47], [0.2, 0.2, 0.2], 36, 32, "given")
 
 
 def _corrupt_middle(path, n=4096):

@@ -60,9 +60,24 @@ def _weights(arch: str, path: str | None, from_timm: bool) -> tuple[dict, dict |
     return state, cfg, {"source": f"file {file.resolve()}", "weights_sha256": sha256_file(file), **library}
 
 
+def _preprocessing(mean, std, image_size: int | None, crop: int | None, fallback: dict) -> dict:
+    """What an imported domain is fed: the given statistics and sizes, else ``fallback``'s (the weights'
+    own config, or ImageNet's statistics), recorded with where each came from."""
+    from mdl.core.data.transforms import IMAGENET_MEAN, IMAGENET_STD, default_crop
+
+    size = int(image_size or fallback.get("image_size") or DEFAULT_IMAGE_SIZE)
+    out = {"mean": list(mean or fallback.get("mean") or IMAGENET_MEAN),
+           "std": list(std or fallback.get("std") or IMAGENET_STD),
+           "image_size": size, "crop": int(crop or (fallback.get("crop") if not image_size else None) or default_crop(size))}
+    if out["crop"] > out["image_size"]:
+        raise ValueError(f"--crop {out['crop']} is larger than --image-size {out['image_size']}")
+    out["stats_from"] = "given" if mean or std else fallback.get("stats_from", "ImageNet's (torchvision)")
+    return out
+
+
 def import_trunk(reg: Registry, *, arch: str, path: str | None = None, from_timm: bool = False,
-                 source_name: str = "imagenet", image_size: int = DEFAULT_IMAGE_SIZE
-                 ) -> tuple[TrunkRecord, DomainVersionRecord | None]:
+                 source_name: str = "imagenet", image_size: int = DEFAULT_IMAGE_SIZE, mean=None, std=None,
+                 crop: int | None = None) -> tuple[TrunkRecord, DomainVersionRecord | None]:
     from mdl.core import create_network
     from mdl.core.nets.wrappers import NBT
     from mdl.registry.store import check_name
@@ -97,8 +112,11 @@ def import_trunk(reg: Registry, *, arch: str, path: str | None = None, from_timm
     net.load_domain_state_dict(source_name, {k: v for k, v in own.items() if not k.endswith(NBT)})
     classes = _class_names(num_classes)
     size = cfg.get("input_size", [3, 224, 224])[-1]
-    data = {"source": None, "mean": cfg.get("mean"), "std": cfg.get("std"), "crop": size,
-            "image_size": int(round(size / cfg.get("crop_pct", 0.875))), "category_ids": None}
+    own = {"mean": cfg.get("mean"), "std": cfg.get("std"), "crop": size,
+           "image_size": int(round(size / cfg.get("crop_pct", 0.875))),
+           "stats_from": "the weights' pretrained config" if cfg.get("mean") else "ImageNet's (torchvision)"}
+    data = {"source": None, "category_ids": None,
+            **_preprocessing(mean, std, None, crop, own)}
     version = reg.add_domain_version(
         name=source_name, method=method, num_classes=num_classes,
         domain_params=net.parameter_counts()["domains"][source_name], accuracy=None, trunk_id=trunk.id,
@@ -110,15 +128,21 @@ def import_trunk(reg: Registry, *, arch: str, path: str | None = None, from_timm
 
 
 def import_reference(reg: Registry, path: str, *, layout: str, names: list[str] | None = None,
-                     image_size: int = DEFAULT_IMAGE_SIZE) -> tuple[TrunkRecord, list[DomainVersionRecord]]:
+                     image_size: int = DEFAULT_IMAGE_SIZE, mean=None, std=None, crop: int | None = None
+                     ) -> tuple[TrunkRecord, list[DomainVersionRecord]]:
     """A checkpoint of the papers' reference code (``net.state_dict()`` of their ResNet-26): the shared
     tensors become a trunk version, task t becomes domain ``names[t]`` (task 0 the trunk's source
-    domain) with the method the checkpoint was trained with. See :mod:`mdl.core.nets.reference`."""
+    domain) with the method the checkpoint was trained with. See :mod:`mdl.core.nets.reference`.
+
+    Each imported domain records its preprocessing so predict, serve, score and export work on it: the
+    given ``mean``/``std``/sizes, else ImageNet's statistics (the references normalise each dataset with
+    statistics they compute into a pickle that their code does not publish) at ``image_size``."""
     from mdl.cli.jobs.common import learnable_params
     from mdl.core import create_network, pretrained
     from mdl.core.nets.reference import LAYOUTS, load_reference, split_reference_state
     from mdl.registry.store import check_name
 
+    prep = _preprocessing(mean, std, image_size, crop, {})  # bad sizes refused before the file is read
     file = Path(path).expanduser()
     try:
         ckpt = split_reference_state(pretrained.read_state_dict(file), layout)
@@ -145,14 +169,11 @@ def import_reference(reg: Registry, path: str, *, layout: str, names: list[str] 
     config = {"image_size": image_size, "imported": True, "reference_layout": layout}
     trunk = reg.add_trunk(arch=ckpt.arch, width=ckpt.width, source=names[0], num_params=num_params, config=config,
                           tensors=trunk_tensors, provenance=provenance)
-    from mdl.core.data.transforms import default_crop
-
     counts = net.parameter_counts()["domains"]
     versions = []
     for t, name in enumerate(names):
         k = ckpt.num_classes(t)
-        data = {"source": None, "mean": None, "std": None, "image_size": image_size,
-                "crop": default_crop(image_size), "category_ids": None}
+        data = {"source": None, "category_ids": None, **prep}
         versions.append(reg.add_domain_version(
             name=name, method=ckpt.method, num_classes=k, domain_params=counts[name], accuracy=None,
             trunk_id=trunk.id, classes=[str(i) for i in range(k)], data=data,

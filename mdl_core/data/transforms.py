@@ -25,6 +25,24 @@ from mdl.core.data.errors import DataError
 NO_FLIP_DOMAINS = frozenset({"gtsrb", "omniglot", "svhn"})
 
 
+# torchvision's ImageNet statistics: what an imported domain is normalised with when nothing else is known
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def parse_stats(text: str, what: str) -> list[float]:
+    """'R,G,B' -> three finite floats (std: each > 0); ValueError in one line otherwise."""
+    import math
+
+    try:
+        vals = [float(v) for v in text.split(",")]
+    except ValueError:
+        vals = []
+    if len(vals) != 3 or not all(math.isfinite(v) for v in vals) or (what == "std" and min(vals) <= 0):
+        raise ValueError(f"--{what} {text!r}: give three comma-separated numbers (R,G,B)"
+                         + (", each > 0" if what == "std" else ""))
+    return vals
+
+
 def default_crop(image_size: int) -> int:
     """72 -> 64 as in the benchmark; 32 -> 28."""
     return int(round(image_size * 64 / 72))
