@@ -91,7 +91,7 @@ def register(app: typer.Typer) -> None:
             emit_json(rows)
             return
         if not rows:
-            info(f"No domains registered in {reg.home} yet (next: `mdl pretrain --data SRC`).")
+            info(f"No domains registered in {reg.home} yet (next: `mdl add-domain NAME --data SRC`, which imports the default trunk on first use).")
             return
         trunks = ", ".join(f"{t.label} ({_fmt_params(t.num_params)}, w={t.width:g})" for t in reg.trunks())
         out.print(versions_table(rows, f"Domains in {reg.home}  ·  trunks: {trunks}"))

@@ -126,6 +126,21 @@ def _gate(row: Gate) -> GateRecord:
                       row.base_accuracy, dict(row.config), _artifact(row.artifact), row.created_at)
 
 
+def _init_error(home: Path, exc: BaseException) -> RegistryError:
+    """One line for a failed `init` (SQLAlchemy's text would print the whole CREATE TABLE statement)."""
+    import errno
+    import shutil
+
+    text = str(getattr(exc, "orig", None) or exc)
+    if "disk is full" in text or getattr(exc, "errno", None) == errno.ENOSPC:
+        try:
+            free = f"{shutil.disk_usage(home if home.exists() else home.parent).free / 1024:.0f} KiB free"
+        except OSError:
+            free = "free space unknown"
+        return RegistryError(f"disk full: cannot create a registry at {home} ({free}); nothing was left behind")
+    return RegistryError(f"cannot create a registry at {home}: {(text.strip().splitlines() or [type(exc).__name__])[0][:200]}")
+
+
 class Registry:
     """Open with `Registry.init(home)` (creates or upgrades nothing silently) or `Registry.open(home)`."""
 
@@ -148,10 +163,20 @@ class Registry:
         if (home / DB_NAME).exists() and not db.is_blank(cls(home).engine):
             reg = cls.open(home)  # refuses an old schema instead of upgrading behind the user's back
             return reg, False
+        made_home = not home.exists()
+        before = set(home.iterdir()) if not made_home else set()
         home.mkdir(parents=True, exist_ok=True)
         reg = cls(home)
-        with reg.writing():
-            db.upgrade(reg.engine)
+        try:
+            with reg.writing():
+                db.upgrade(reg.engine)
+        except Exception as exc:  # a half-made registry.db would pass for a registry: nothing is left behind
+            reg.close()
+            for path in set(home.iterdir()) - before:
+                path.unlink(missing_ok=True)
+            if made_home:
+                home.rmdir()
+            raise _init_error(home, exc) from None
         return reg, True
 
     @classmethod

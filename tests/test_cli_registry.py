@@ -177,3 +177,41 @@ def test_unwritable_home_fails_before_training(mdl, home, monkeypatch):
     res = mdl("add-domain", "x", "--data", "builtin:digits", "--epochs", "1", home=home)
     assert res.code == 1 and "is not writable (Permission denied)" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and tree_digest(home) == before
+
+
+def test_init_on_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, mdl, monkeypatch):
+    """`mdl init` with no space left used to print SQLAlchemy's whole CREATE TABLE statement and leave a
+    half-made registry.db behind (which later commands took for a registry)."""
+    import sqlite3
+
+    import sqlalchemy.exc
+
+    import mdl.registry.db as db
+
+    real = db.upgrade
+
+    def full_disk(engine, revision="head"):
+        with engine.begin() as conn:  # the file and a first table exist, then the disk fills up
+            conn.exec_driver_sql("CREATE TABLE half_made (id INTEGER)")
+        raise sqlalchemy.exc.OperationalError("CREATE TABLE domain_versions (\n id INTEGER NOT NULL, ...)", {},
+                                              sqlite3.OperationalError("database or disk is full"))
+
+    monkeypatch.setattr(db, "upgrade", full_disk)
+    home = tmp_path / "new-home"
+    result = mdl("init", home=home)
+    assert result.code == 1 and result.stderr.startswith("error: disk full") and "KiB free" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "CREATE TABLE" not in result.stderr
+    assert not home.exists()
+    existing = tmp_path / "existing"  # a folder the user made: kept, only what init wrote goes
+    existing.mkdir()
+    (existing / "notes.txt").write_text("mine")
+    assert mdl("init", home=existing).code == 1
+    assert [p.name for p in existing.iterdir()] == ["notes.txt"]
+    monkeypatch.setattr(db, "upgrade", real)
+    assert mdl("init", home=home).code == 0  # and a later init on space works
+
+
+def test_empty_registry_hint_names_add_domain(mdl, home):
+    assert mdl("init", home=home).code == 0
+    out = mdl("list", home=home)
+    assert out.code == 0 and "mdl add-domain NAME --data SRC" in out.stderr and "pretrain" not in out.stderr

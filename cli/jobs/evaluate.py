@@ -45,7 +45,7 @@ def score(reg: Registry, *, split: str = "val", results: Path | None = None, dev
         _check_writable(results)
     versions = reg.current_versions()
     if not versions:
-        raise ValueError(f"no domains registered in {reg.home} (next: `mdl pretrain --data SRC`)")
+        raise ValueError(f"no domains registered in {reg.home} (next: `mdl add-domain NAME --data SRC`, which imports the default trunk on first use)")
     dev = DeviceSetup.resolve(device)
     loader = NetworkLoader(reg)
     rows, accuracies, submission, evaluations, in_submission, official_names = [], {}, [], [], [], {}
