@@ -34,6 +34,7 @@ def version_row(v) -> dict[str, Any]:
         "trunk": v.trunk.label,
         "created": v.created_at.isoformat(timespec="seconds"),
         "removed": v.removed_at.isoformat(timespec="seconds") if v.removed_at else None,
+        "pinned": v.pinned,
     }
 
 
@@ -52,7 +53,7 @@ def versions_table(rows: list[dict[str, Any]], title: str) -> Table:
             r["name"], str(r["version"]), r["method"], str(r["num_classes"]), _fmt_params(r["domain_params"]),
             f"{r['domain_params_pct_of_trunk']:.1f}" if r["domain_params_pct_of_trunk"] is not None else "-",
             f"{r['accuracy']:.2f}" if r["accuracy"] is not None else "-", r["trunk"], r["created"].replace("T", " "),
-            "removed" if r["removed"] else "current" if r.get("current") else "",
+            "removed" if r["removed"] else ("current" if r.get("current", True) else "") + (" (pinned)" if r.get("pinned") else ""),
         )
     return table
 
@@ -101,7 +102,10 @@ def register(app: typer.Typer) -> None:
         """Every version of domain NAME (removed ones marked), with gates and data provenance."""
         reg = open_registry(home)
         versions = reg.domain_versions(name)
-        current = next((v.version for v in reversed(versions) if v.removed_at is None), None)
+        try:
+            current = reg.domain_version(name).version  # the pinned version, else the newest live one
+        except KeyError:  # every version removed
+            current = None
         rows = []
         for v in versions:
             row = version_row(v) | {"current": v.version == current, "data": v.data, "config": v.config,
@@ -123,6 +127,25 @@ def register(app: typer.Typer) -> None:
                 g = r["gate"]
                 out.print(f"  v{r['version']} gate v{g['version']} ({g['placement']}): "
                           f"{g['accuracy']:.2f} with, {g['accuracy_without']:.2f} without")
+
+    @app.command()
+    def promote(name: str,
+                version: Annotated[Optional[int], typer.Option("--version", "-v", min=1, help="Make this version current.")] = None,
+                latest: Annotated[bool, typer.Option("--latest", help="Unpin: the newest version not removed is current again.")] = False,
+                home: Home = None, as_json: Json = False) -> None:
+        """Pin which version of NAME is current (list, show, predict, serve, score and export follow), or unpin it.
+
+        A rollback without removing anything: newer versions stay registered and can be promoted later."""
+        if (version is None) == (not latest):
+            raise ValueError("give --version N to pin a version, or --latest to unpin")
+        reg = open_registry(home)
+        v = reg.promote(name, version)
+        if as_json:
+            emit_json(version_row(v) | {"current": True})
+        elif version is None:
+            info(f"{name}: unpinned; current is v{v.version} (the newest not removed)")
+        else:
+            info(f"{name}: v{v.version} is now current (pinned); newer versions stay registered")
 
     @app.command()
     def verify(home: Home = None, as_json: Json = False) -> None:

@@ -66,6 +66,8 @@ class Domain(Base):
     removed_at: Mapped[Optional[datetime]] = mapped_column(DateTime, nullable=True)
     # Accuracy (0-100) that the decathlon score treats as this domain's baseline, for custom domains.
     reference_accuracy: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    # `mdl promote NAME --version N`: the version every command serves as current (None: the newest not removed)
+    pinned_version: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
 
     versions: Mapped[list["DomainVersion"]] = relationship(
         back_populates="domain", order_by="DomainVersion.version"

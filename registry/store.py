@@ -88,6 +88,11 @@ class DomainVersionRecord:
     removed_at: datetime | None
     reference_accuracy: float | None
     layout: int
+    pinned_version: int | None = None  # the domain's pin (`mdl promote`), whichever version this is
+
+    @property
+    def pinned(self) -> bool:
+        return self.pinned_version == self.version
 
 
 @dataclass(frozen=True)
@@ -118,7 +123,17 @@ def _version(row: DomainVersion) -> DomainVersionRecord:
         row.id, row.domain.name, row.version, row.method, row.num_classes, row.domain_params, row.accuracy,
         _trunk(row.trunk), list(row.classes), dict(row.data), dict(row.config), _artifact(row.artifact),
         row.created_at, row.removed_at or row.domain.removed_at, row.domain.reference_accuracy, row.layout,
+        row.domain.pinned_version,
     )
+
+
+def _current(domain: Domain) -> DomainVersion | None:
+    """The version a domain serves: its pin while that version is live, else the newest not removed."""
+    if domain.removed_at is not None:
+        return None
+    live = [v for v in domain.versions if v.removed_at is None]
+    pinned = [v for v in live if v.version == domain.pinned_version]
+    return pinned[0] if pinned else (max(live, key=lambda v: v.version) if live else None)
 
 
 def _gate(row: Gate) -> GateRecord:
@@ -336,16 +351,16 @@ class Registry:
         return select(DomainVersion).join(Domain).where(Domain.name == name)
 
     def domain_version(self, name: str, version: int | None = None) -> DomainVersionRecord:
-        """A given version (removed ones too), or the current one: the newest not removed."""
+        """A given version (removed ones too), or the current one: the pinned version (`promote`) while
+        it is live, else the newest not removed."""
         with self.session() as s:
-            if s.scalar(select(Domain).where(Domain.name == name)) is None:
+            domain = s.scalar(select(Domain).where(Domain.name == name))
+            if domain is None:
                 raise NotFound(f"unknown domain {name!r}", hint="see `mdl list`")
-            q = self._version_query(name)
             if version is None:
-                q = q.where(DomainVersion.removed_at.is_(None), Domain.removed_at.is_(None))
+                row = _current(domain)
             else:
-                q = q.where(DomainVersion.version == version)
-            row = s.scalars(q.order_by(DomainVersion.version.desc())).first()
+                row = s.scalars(self._version_query(name).where(DomainVersion.version == version)).first()
             if row is None:
                 what = f"version {version} of domain {name!r}" if version else f"domain {name!r} (all removed)"
                 raise NotFound(f"no {what}", hint=f"see `mdl show {name}`")
@@ -358,14 +373,28 @@ class Registry:
             return [_version(r) for r in s.scalars(self._version_query(name).order_by(DomainVersion.version))]
 
     def current_versions(self) -> list[DomainVersionRecord]:
-        """The newest non-removed version of every non-removed domain, in registration order."""
+        """The current version (pinned, else newest not removed) of every non-removed domain, in
+        registration order."""
         with self.session() as s:
-            latest = (select(DomainVersion.domain_id, func.max(DomainVersion.version).label("v"))
-                      .where(DomainVersion.removed_at.is_(None)).group_by(DomainVersion.domain_id).subquery())
-            q = (select(DomainVersion).join(Domain)
-                 .join(latest, (latest.c.domain_id == DomainVersion.domain_id) & (latest.c.v == DomainVersion.version))
-                 .where(Domain.removed_at.is_(None)).order_by(Domain.id))
-            return [_version(r) for r in s.scalars(q)]
+            domains = s.scalars(select(Domain).where(Domain.removed_at.is_(None)).order_by(Domain.id))
+            return [_version(row) for row in map(_current, domains) if row is not None]
+
+    def promote(self, name: str, version: int | None) -> DomainVersionRecord:
+        """Pin ``version`` as the domain's current version (None: unpin, back to the newest not removed)."""
+        with self.writing(), self.session() as s:
+            domain = s.scalar(select(Domain).where(Domain.name == name))
+            if domain is None:
+                raise NotFound(f"unknown domain {name!r}", hint="see `mdl list`")
+            if domain.removed_at is not None:
+                raise RegistryError(f"domain {name!r} is removed")
+            if version is not None:
+                row = next((v for v in domain.versions if v.version == version), None)
+                if row is None:
+                    raise NotFound(f"domain {name!r} has no version {version}", hint=f"see `mdl show {name}`")
+                if row.removed_at is not None:
+                    raise RegistryError(f"{name} v{version} is removed: only a live version can be current")
+            domain.pinned_version = version
+        return self.domain_version(name)
 
     def remove(self, name: str, version: int | None = None) -> list[int]:
         """Mark a version (or the whole domain) removed; rows and files stay. Returns versions marked."""
@@ -382,6 +411,8 @@ class Registry:
             now = utcnow()
             for v in live:
                 v.removed_at = now
+                if v.version == domain.pinned_version:  # the pin goes with it: current falls back to the newest
+                    domain.pinned_version = None
             if version is None:
                 domain.removed_at = now
             return [v.version for v in live]

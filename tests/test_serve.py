@@ -292,6 +292,26 @@ def test_tampered_version_is_refused_and_the_others_keep_serving(server, monkeyp
     same_answers(post(c, items).json()["predictions"], mdl_predict(home, items))
 
 
+def test_promoted_version_is_served_without_a_restart(server):
+    """`mdl promote` (a pin in the registry) is a reload like any other: the server follows it both ways."""
+    from mdl.registry.store import Registry
+
+    c, im, home = server["client"], server["images"], server["home"]
+    reg = Registry.open(home)
+    trunk = reg.trunks()[0].id
+    register_domain(reg, trunk, "zeta", 3, seed=60)
+    register_domain(reg, trunk, "zeta", 3, seed=61)
+    wait_until(lambda: served(c, "zeta") == 2)
+    assert invoke("promote", "zeta", "--version", "1", home=home).code == 0
+    wait_until(lambda: served(c, "zeta") == 1)
+    items = [("zeta", im[0]), ("alpha", im[1])]
+    got = post(c, items).json()["predictions"]
+    assert got[0]["version"] == 1
+    same_answers(got, mdl_predict(home, items))
+    assert invoke("promote", "zeta", "--latest", home=home).code == 0
+    wait_until(lambda: served(c, "zeta") == 2)
+
+
 def test_removed_domain_stops_being_served(server):
     from mdl.registry.store import Registry
 

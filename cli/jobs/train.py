@@ -242,6 +242,9 @@ def add_domain(reg: Registry, name: str, src: str, *, method: str, trunk: str | 
         # domain's reference so `mdl score` can score custom domains.
         reference_accuracy=val_acc if method == "finetune" else None)
     checkpoint.discard()
+    if version.pinned_version is not None:
+        info(f"{name} is pinned to v{version.pinned_version}: the new v{version.version} is registered but not "
+             f"current (`mdl promote {name} --version {version.version}`, or `--latest`)")
     return version
 
 
