@@ -35,6 +35,12 @@ def test_demo_runs_then_reuses(tmp_path):
         assert reg.current_gate(current[name].id) is not None
     assert reg.current_gate(current["imagenet"].id) is None  # the trunk's own source domain is not gated
     report = first["score"]
+    # scored on test (the gates were chosen on val), against each reference run's own test accuracy
+    assert report["split"] == "test"
+    baselines = {d["name"]: d["baseline"] for d in report["domains"]}
+    for name in targets:
+        ref = next(v for v in reg.domain_versions(name) if v.method == "finetune")
+        assert baselines[name] == pytest.approx(ref.config["test_accuracy"])
     assert {d["name"] for d in report["domains"]} == set(current)
     assert all(d["score"] is not None for d in report["domains"] if d["name"] in targets)
     assert report["total"] == pytest.approx(sum(d["score"] for d in report["domains"] if d["score"] is not None))
