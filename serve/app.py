@@ -12,7 +12,8 @@
 A request is checked whole before any of its items enter a batch: an unknown domain (404), a domain
 whose version was refused (503), malformed JSON or fields, bad base64, an undecodable image (400), a
 body over the upload limit (413) or an unsupported content type (415) answer with ``{"error": "one
-line"}`` and never reach the batcher, so they cannot disturb other requests' items.
+line"}`` and never reach the batcher, so they cannot disturb other requests' items. A domain removed
+while its request waited for a batch answers 410 (gone).
 """
 from __future__ import annotations
 
@@ -204,7 +205,7 @@ def create_app(pool, batcher, metrics, *, max_upload_bytes: int = 8 << 20) -> Fa
                                            return_exceptions=True)
             gone = [r for r in results if isinstance(r, BaseException)]
             if gone:
-                status = 503 if isinstance(gone[0], DomainGone) else 500
+                status = gone[0].status if isinstance(gone[0], DomainGone) else 500
                 raise BadRequest(status, str(gone[0]) or type(gone[0]).__name__)
         except BadRequest as exc:
             metrics.observe_request("/v1/predict", exc.status)

@@ -28,7 +28,12 @@ _STOP = object()
 
 
 class DomainGone(Exception):
-    """The item's domain stopped being served between its request and its batch."""
+    """The item's domain stopped being served between its request and its batch (HTTP 410: it was
+    removed, a client error to retry elsewhere), or the server is shutting down (503)."""
+
+    def __init__(self, message: str, status: int = 410):
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass
@@ -104,7 +109,7 @@ class Batcher:
             except queue.Empty:
                 break
             if item is not _STOP and not item.future.done():
-                item.future.set_exception(DomainGone("the server is shutting down"))
+                item.future.set_exception(DomainGone("the server is shutting down", status=503))
 
     def run_batch(self, batch: list[Item]) -> None:
         threads.rebalance()  # another mdl job may have started or ended
