@@ -28,7 +28,7 @@ def check_against_single(net, x, out):
         assert torch.isinf(out[i, k:]).all() and (out[i, k:] < 0).all()
 
 
-@pytest.mark.parametrize("mode", ["slices", "per-sample"])
+@pytest.mark.parametrize("mode", ["slices", "per-sample", "auto"])
 @pytest.mark.parametrize("method", ["dw", "dw-sharing", "finetune", "classifier-only"])
 def test_stacked_equals_per_domain(method, mode, monkeypatch):
     net = make("resnet26_dw", method)
@@ -40,9 +40,25 @@ def test_stacked_equals_per_domain(method, mode, monkeypatch):
     with torch.no_grad():
         out = net(x, domain=NAMES)
     check_against_single(net, x, out)
-    # per-domain depthwise filters (24 in blocks + the stem): one grouped conv each in per-sample mode
-    assert len(calls) == (25 if method in ("dw", "finetune") and mode == "per-sample" else 0)
+    # per-domain depthwise filters (24 in blocks + the stem): one grouped conv each in per-sample mode, and
+    # under auto here (8 images over 3 domains: fewer than PER_SAMPLE_BELOW each)
+    assert len(calls) == (25 if method in ("dw", "finetune") and mode != "slices" else 0)
     assert out.argmax(1).lt(torch.tensor([net.domains[d] for d in NAMES])).all()
+
+
+def test_auto_takes_slices_once_each_domain_has_enough_images(monkeypatch):
+    net = make("resnet26_dw", "dw")
+    calls = []
+    real = layers.per_sample_depthwise
+    monkeypatch.setattr(layers, "per_sample_depthwise", lambda *a: calls.append(1) or real(*a))
+    names = [d for d in ("a", "b", "c") for _ in range(wrappers.PER_SAMPLE_BELOW)]
+    x = torch.randn(len(names), 3, 16, 16)
+    with torch.no_grad():
+        out = net(x, domain=names)
+    assert calls == []
+    for i in (0, len(names) - 1):
+        torch.testing.assert_close(out[i:i + 1, :net.domains[names[i]]], net(x[i:i + 1], domain=names[i]),
+                                   rtol=1e-4, atol=1e-4)
 
 
 SIZES = {  # a domain with 0, 1 and many samples; sorted, reversed, interleaved

@@ -78,7 +78,7 @@ class PerDomain(nn.Module):
         self.__dict__["template"] = template  # the trunk's module: loaded by load_trunk_state_dict, never trained
         self.__dict__["router"] = router
         self.path = path
-        self._stack_sig, self._stack_val = None, None
+        self._stack_cache = None  # (order, tensors, their versions, their storages, the stacked value)
 
     # --- domains -------------------------------------------------------------------------------
     def add(self, name: str, device, dtype, **_) -> None:
@@ -113,21 +113,36 @@ class PerDomain(nn.Module):
 
     def stacked(self, build: Callable[[list[nn.Module]], object]):
         """``build`` over every domain's copy in router order; cached while no tensor changes (identity,
-        storage or in-place version), autograd is off and no graph is being traced (fake tensors there)."""
-        mods = [self.domains[d] for d in self.router.order]
+        storage or in-place version), autograd is off and no graph is being traced (fake tensors there).
+        The check is flat (one pass over the tensors, no tuples built): it runs at every layer of every
+        mixed forward."""
+        order = self.router.order
+        mods = [self.domains[d] for d in order]
         if torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling():
             return build(mods)
-        sig = tuple((d, tuple((id(t), t.data_ptr(), t._version) for t in (*m._parameters.values(), *m._buffers.values())
-                              if t is not None)) for d, m in zip(self.router.order, mods))
-        if sig != self._stack_sig:
-            self._stack_sig, self._stack_val = sig, build(mods)
-        return self._stack_val
+        tensors = [t for m in mods for t in (*m._parameters.values(), *m._buffers.values()) if t is not None]
+        c = self._stack_cache
+        if c is not None and c[0] == order and len(c[1]) == len(tensors) and all(
+                a is b and a._version == v and a.data_ptr() == p for a, b, v, p in zip(tensors, c[1], c[2], c[3])):
+            return c[4]
+        value = build(mods)
+        self._stack_cache = (list(order), tensors, [t._version for t in tensors], [t.data_ptr() for t in tensors], value)
+        return value
 
 
-# How a mixed eval batch runs its depthwise convs (measured, bench/mixed_batch.py): "slices" runs each
-# domain's conv on its contiguous slice of the sorted batch; "per-sample" one grouped conv over the
-# whole batch with per-sample filters (groups = B*C, paper eq. 7; needs a layout copy in and out).
-MIXED_DEPTHWISE = "slices"
+# How a mixed eval batch runs its depthwise convs (measured: bench/mixed_batch.py, bench/RESULTS.md M):
+# "slices" runs each domain's conv on its contiguous slice of the sorted batch (one conv call per domain
+# per layer); "per-sample" one grouped conv over the whole batch with per-sample filters (groups = B*C,
+# paper eq. 7; a layout copy in and out); "auto" per-sample while the batch holds fewer than
+# PER_SAMPLE_BELOW images per domain (1 image each: per-sample is 1.2-1.3x faster on Lite0, ResNet-26 and
+# MobileNetV3; 10 each: slices are 1.2-1.4x faster).
+MIXED_DEPTHWISE = "auto"
+PER_SAMPLE_BELOW = 4
+
+
+def _per_sample_mode(batch: int, domains: int) -> bool:
+    mode = MIXED_DEPTHWISE
+    return mode == "per-sample" or (mode == "auto" and batch < PER_SAMPLE_BELOW * domains)
 
 
 class PerDomainDepthwise(PerDomain):
@@ -142,7 +157,7 @@ class PerDomainDepthwise(PerDomain):
             return layers.mixed_depthwise(convs[0], x, torch.stack([c.weight for c in convs]), mlp(x), bias)
         if r.domain is not None:
             return self.domains[r.domain](x)
-        if r.per_sample and not r.indexed and MIXED_DEPTHWISE == "per-sample":  # groups = B*C: eager only
+        if r.per_sample and not r.indexed and _per_sample_mode(x.shape[0], len(r.slices)):  # groups = B*C: eager only
             w, b = self._stacked_filters()
             return layers.per_sample_depthwise(self.template, x, w[r.idx], None if b is None else b[r.idx])
         return self.grouped(x)
