@@ -62,3 +62,39 @@ def png_bytes(seed: int, size=(23, 19)) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(buf, "PNG")
     return buf.getvalue()
+
+
+def start_server(home: Path, base: Path, max_wait_ms: float):
+    """The real `mdl serve` on a free loopback port (tiny network, 1 thread, polling every 0.2 s, a
+    50 KB upload limit): (process, url, log path, env). Raises RuntimeError if it does not come up."""
+    import os
+    import re
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "MDL_DEBUG": "0", "MDL_CACHE": str(base / "cache"), "MDL_RUNTIME_DIR": str(base / "jobs")}
+    log = base / "server.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mdl", "serve", "--home", str(home), "--port", "0", "--device", "cpu",
+             "--poll-s", "0.2", "--max-wait-ms", str(max_wait_ms), "--max-batch", "16", "--max-upload-mb", "0.05",
+             "--threads", "1"], stdout=fh, stderr=subprocess.STDOUT, env=env)
+    url, deadline = None, time.monotonic() + 120
+    while url is None and time.monotonic() < deadline and proc.poll() is None:
+        m = re.search(r"on (http://127\.0\.0\.1:\d+)", log.read_text())
+        url = m.group(1) if m else time.sleep(0.1)
+    if url is None:
+        proc.kill()
+        raise RuntimeError(f"server did not start: {log.read_text()}")
+    return proc, url, log, env
+
+
+def stop_server(proc) -> None:
+    import subprocess
+
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()

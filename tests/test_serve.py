@@ -5,17 +5,14 @@ up without a restart."""
 from __future__ import annotations
 
 import base64
-import os
 import re
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-from _serve_helpers import make_registry, png_bytes, register_domain
+from _serve_helpers import make_registry, png_bytes, register_domain, start_server, stop_server
 from conftest import invoke, tree_digest
 
 DOMAINS = {"alpha": 3, "beta": 5, "gamma": 7}
@@ -31,31 +28,13 @@ def server(tmp_path_factory):
     for i in range(4):
         images[i] = base / f"img{i}.png"
         images[i].write_bytes(png_bytes(i, size=(20 + 3 * i, 17 + i)))
-    env = {**os.environ, "MDL_DEBUG": "0", "MDL_CACHE": str(base / "cache"), "MDL_RUNTIME_DIR": str(base / "jobs")}
-    log = base / "server.log"
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mdl", "serve", "--home", str(home), "--port", "0", "--device", "cpu",
-             "--poll-s", "0.2", "--max-wait-ms", "100", "--max-batch", "16", "--max-upload-mb", "0.05",
-             "--threads", "1"], stdout=fh, stderr=subprocess.STDOUT, env=env)
-    url = None
-    deadline = time.monotonic() + 120
-    while url is None and time.monotonic() < deadline and proc.poll() is None:
-        m = re.search(r"on (http://127\.0\.0\.1:\d+)", log.read_text())
-        url = m.group(1) if m else time.sleep(0.1)
-    if url is None:
-        proc.kill()
-        pytest.fail(f"server did not start: {log.read_text()}")
+    proc, url, log, env = start_server(home, base, max_wait_ms=100)
     client = httpx.Client(base_url=url, timeout=30)
     try:
         yield {"url": url, "home": home, "images": images, "client": client, "log": log, "env": env}
     finally:
         client.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
 
 
 def b64(path: Path) -> str:

@@ -8,15 +8,13 @@ from __future__ import annotations
 import base64
 import os
 import re
-import subprocess
-import sys
 import threading
 import time
 
 import httpx
 import pytest
 import torch
-from _serve_helpers import make_registry, png_bytes, register_domain
+from _serve_helpers import make_registry, png_bytes, register_domain, start_server, stop_server
 
 CLIENTS, PER_CLIENT = 16, 150            # 2,400 requests
 DOMAINS = {"alpha": 3, "beta": 5, "gamma": 7}
@@ -56,19 +54,8 @@ def test_server_under_load_and_faults(tmp_path):
         images.append(tmp_path / f"img{i}.png")
         images[-1].write_bytes(png_bytes(i, size=(20 + 3 * i, 17 + i)))
     b64 = [base64.b64encode(p.read_bytes()).decode() for p in images]
-    env = {**os.environ, "MDL_DEBUG": "0", "MDL_RUNTIME_DIR": str(tmp_path / "jobs")}
-    log = tmp_path / "server.log"
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mdl", "serve", "--home", str(home), "--port", "0", "--device", "cpu",
-             "--poll-s", "0.2", "--max-wait-ms", "5", "--max-batch", "16", "--max-upload-mb", "0.05",
-             "--threads", "1"], stdout=fh, stderr=subprocess.STDOUT, env=env)
+    proc, url, _, _ = start_server(home, tmp_path, max_wait_ms=5)
     try:
-        url, deadline = None, time.monotonic() + 120
-        while url is None and time.monotonic() < deadline and proc.poll() is None:
-            m = re.search(r"on (http://127\.0\.0\.1:\d+)", log.read_text())
-            url = m.group(1) if m else time.sleep(0.1)
-        assert url, log.read_text()
         results, lock, done = [], threading.Lock(), [0]
         total = CLIENTS * PER_CLIENT
 
@@ -143,11 +130,7 @@ def test_server_under_load_and_faults(tmp_path):
             health = http.get("/healthz").json()
             rows = {r["name"]: r for r in http.get("/v1/domains").json()}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
 
     assert len(results) == total
     statuses = [s for _, _, s, _ in results]
