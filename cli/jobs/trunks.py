@@ -87,7 +87,10 @@ def import_trunk(reg: Registry, *, arch: str, path: str | None = None, from_timm
     check_name(source_name)
     state, cfg, provenance = _weights(arch, path, from_timm)
     shared = create_network(arch, method="classifier-only", domains={})
-    shared.load_trunk_state_dict(state)  # strict: every trunk tensor present, shapes checked
+    try:
+        shared.load_trunk_state_dict(state)  # strict: every trunk tensor present, none unexpected, shapes checked
+    except ValueError as exc:
+        raise ValueError(f"{provenance['source']}: {exc}") from None
     if cfg is None:  # a timm model's own pretrained config
         cfg = dict(getattr(shared.trunk, "pretrained_cfg", None) or {})
     trunk_tensors = shared.trunk_state_dict()
