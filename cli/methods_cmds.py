@@ -66,7 +66,8 @@ def register(app: typer.Typer) -> None:
         variant: Annotated[Variant, typer.Option("--variant", help="bn: domain-specific BN + heads; instance-norm: shared instance norms, heads only.")] = Variant.bn,
         trunk: Annotated[Optional[str], typer.Option("--trunk", help="Trunk to start from, ARCH or ARCH:vN (default: newest that fits).")] = None,
         epochs: Annotated[int, typer.Option("--epochs", min=1, help="Epochs (each: as many rounds as the largest domain has batches).")] = 10,
-        lr: Annotated[float, typer.Option("--lr", help="Initial SGD learning rate.")] = 0.01,
+        lr: Annotated[Optional[float], typer.Option("--lr", help="Initial SGD learning rate (default: the recipe's: 0.003 "
+                                                    "on a trunk pretrained elsewhere, 0.01 on one trained here).")] = None,
         batch_size: BatchSize = 64,
         wd: Annotated[Optional[float], typer.Option("--wd", min=0.0, help="Weight decay (default 1e-4).")] = None,
         device: DeviceOpt = Device.auto, threads: Threads = None, workers: Workers = 0, seed: Seed = 0,

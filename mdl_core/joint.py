@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mdl.core import threads
+from mdl.core import bn_policy, threads
 from mdl.core.recipes import Recipe
 from mdl.core.training import DeviceSetup, Diverged, accuracy, make_optimizer, set_lr
 
@@ -85,6 +85,9 @@ def fit_joint(net: nn.Module, params: list[nn.Parameter], train_loaders: dict[st
             if generator is not None:
                 generator.manual_seed(recipe.seed * 100_003 + epoch * 1_009 + i)
         net.train()
+        if recipe.bn_stats in bn_policy.FROZEN:  # the domains' norms keep the statistics they were copied with
+            for d in train_loaders:
+                bn_policy.freeze(net.domain_batchnorms(d))
         sums = {d: [0.0, 0, 0] for d in train_loaders}  # loss sum, correct, count
         t0 = time.perf_counter()
         for step, (d, (x, y)) in enumerate(sampler):

@@ -119,3 +119,28 @@ def test_instance_norm_trunk_has_only_heads_per_domain():
     assert torch.allclose(net(x, "a")[:1], net(x[:1], "a"), atol=1e-5)
     net.train()
     assert torch.allclose(net(x, "a")[:1], net(x[:1], "a"), atol=1e-5)
+
+
+def test_joint_training_with_statistics_kept_leaves_running_statistics_bit_equal():
+    """The transfer recipe's BN policy in joint training: each domain's norms normalise with the statistics
+    they were copied with (affines still train); with batch statistics the same run moves them."""
+    moved = {}
+    for policy in ("keep", "batch"):
+        net = create_network(ARCH, "bn", width=WIDTH)
+        net.load_trunk_state_dict(_trunk())
+        torch.manual_seed(0)
+        net.add_domain("a", 3)
+        net.add_domain("b", 4)
+        stats = lambda: {k: v.clone() for d in "ab" for k, v in net.domain_state_dict(d).items()  # noqa: E731
+                         if k.endswith(("running_mean", "running_var"))}
+        affine = lambda: {k: v.clone() for d in "ab" for k, v in net.domain_state_dict(d).items()  # noqa: E731
+                          if k.endswith("weight")}
+        before, affine_before = stats(), affine()
+        train = {d: _loader(_toy(i, k, n=32), True, i) for i, (d, k) in enumerate({"a": 3, "b": 4}.items())}
+        recipe = Recipe(epochs=1, lr=0.05, batch_size=16, warmup=False, bn_stats=policy)
+        fit_joint(net, joint_parameters(net, ["a", "b"]), train, train, recipe,
+                  DeviceSetup(torch.device("cpu"), amp=False, channels_last=False), snapshot=dict, restore=lambda t: None)
+        after = stats()
+        moved[policy] = any(not torch.equal(before[k], after[k]) for k in before)
+        assert any(not torch.equal(affine_before[k], v) for k, v in affine().items())
+    assert moved == {"keep": False, "batch": True}

@@ -121,6 +121,9 @@ def test_joint_train_bn_and_instance_norm(reg_home, trees):
     assert res.code == 0, res.stderr
     out = res.json()
     assert out["trunk"] == "resnet26:v2"
+    from mdl.registry.store import Registry
+    recipe = Registry.open(home).trunk("resnet26", 2).config["recipe"]
+    assert (recipe["name"], recipe["lr"], recipe["bn_stats"]) == ("mdl", 0.01, "batch")  # trained here: as before
     assert [(d["name"], d["method"], d["trunk"]) for d in out["domains"]] == [("ja", "bn", "resnet26:v2"),
                                                                               ("jb", "bn", "resnet26:v2")]
     res = invoke("joint-train", *srcs, "--name", "ia", "--name", "ib", "--variant", "instance-norm", "--epochs", "1",

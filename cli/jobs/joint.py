@@ -15,11 +15,15 @@ as a new version on that trunk. Everything is trained and evaluated before anyth
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from mdl.cli._output import info
 from mdl.cli.jobs.common import (data_record, learnable_params, loaders, open_data, pick_trunk, progress,
                                  trunk_mean_std)
-from mdl.cli.jobs.train import TrainOptions, _recipe, _test_accuracy, default_name
+from mdl.cli.jobs.train import TrainOptions, _recipe, _test_accuracy, default_name, recipe_summary, resolve_recipe
 from mdl.registry.store import DomainVersionRecord, Registry, TrunkRecord, check_name
+
+PAPER_JOINT_LR = 0.01  # joint-train's lr under the paper's recipe (trunks trained here), as before
 
 VARIANTS = {"bn": "bn", "instance-norm": "classifier-only"}  # variant -> the method its domains are registered with
 
@@ -70,7 +74,7 @@ def joint_train(reg: Registry, sources: list[str], *, names: list[str] | None, v
     import torch
 
     from mdl.core.joint import fit_joint, joint_parameters
-    from mdl.core.recipes import DEFAULT_WEIGHT_DECAY, published_recipe
+    from mdl.core.recipes import DEFAULT_WEIGHT_DECAY
     from mdl.core.training import DeviceSetup
 
     if variant not in VARIANTS:
@@ -89,8 +93,13 @@ def joint_train(reg: Registry, sources: list[str], *, names: list[str] | None, v
     for n, dd in data.items():
         net.add_domain(n, dd.num_classes)
     # one weight decay for the whole joint network (the shared weights see every domain)
-    recipe = _recipe(opts, opts.weight_decay if opts.weight_decay is not None else DEFAULT_WEIGHT_DECAY,
-                     published_recipe("mdl"))  # SGD, step decays, batch statistics, at the command's lr
+    # As add-domain: the transfer recipe on a trunk pretrained elsewhere (measured for joint training too,
+    # bench/RESULTS.md T5: 56.1 vs 38.4 mean val), the paper's on trunks trained here, at joint-train's own
+    # lr 0.01 unless --lr says otherwise
+    published, why = resolve_recipe(opts, base.config)
+    if published.name == "mdl" and opts.lr is None:
+        opts = replace(opts, lr=PAPER_JOINT_LR)
+    recipe = _recipe(opts, opts.weight_decay if opts.weight_decay is not None else DEFAULT_WEIGHT_DECAY, published)
     dev = DeviceSetup.resolve(opts.device)
     dev.prepare(net)
     train, val = {}, {}
@@ -107,6 +116,7 @@ def joint_train(reg: Registry, sources: list[str], *, names: list[str] | None, v
         for n in names:
             net.load_domain_state_dict(n, {k[len(n) + 1:]: v for k, v in t.items() if k.startswith(n + "/")})
 
+    info(f"Recipe {recipe.name} ({why}): {recipe_summary(recipe)}")
     info(f"Joint training ({variant}) of {', '.join(names)} from trunk {base.label}: "
          + ", ".join(f"{n} {len(dd.splits['train'])} train" for n, dd in data.items()))
     with progress() as bar:
@@ -120,7 +130,7 @@ def joint_train(reg: Registry, sources: list[str], *, names: list[str] | None, v
     joint = {"variant": variant, "domains": names, "based_on": base.label, "sampler": "round-robin, one step per batch",
              "rounds_per_epoch": rounds or max(len(dl) for dl in train.values()),
              "val_mean_accuracy": result.best_mean_accuracy}
-    config = {"image_size": image_size, "crop": data[names[0]].crop, "recipe": recipe.to_dict(),
+    config = {"image_size": image_size, "crop": data[names[0]].crop, "recipe": recipe.to_dict(), "recipe_reason": why,
               "history": result.history, "best_epoch": result.best_epoch, "joint": joint,
               "train_images_per_s": result.images_per_s, "device": str(dev.device)}
     if "pretrained_cfg" in base.config:  # a pretrained trunk's preprocessing carries over
