@@ -13,13 +13,14 @@ with the classifier always called ``head`` and adapters under ``<conv>.adapter.*
 Forward
     ``net(x, domain="svhn")``  -> logits [B, K_svhn], exactly the trunk's forward with svhn's modules.
     ``net(x, domain=[...])``   one name per sample -> [B, max K] padded with ``-inf`` beyond each
-                               sample's own classes. ONE pass through the trunk: shared modules run once
-                               on the whole batch, per-domain dense modules once per domain on its
-                               samples; in eval mode depthwise convs gather per-sample filters into one
-                               grouped conv (paper eq. 7) and norms apply per-sample affines.
+                               sample's own classes. ONE pass through the trunk over the batch sorted
+                               by domain (its order restored at the end): shared modules run once on
+                               the whole batch, per-domain modules once per domain on its contiguous
+                               slice; in eval mode norms apply per-sample affines and depthwise convs
+                               run per slice or as one grouped per-sample conv (wrappers.MIXED_DEPTHWISE).
     ``net(x, domain=idx)``     idx a LongTensor [B] of positions in ``list(net.domains)`` (eval only): the
-                               same padded logits with no Python branch on the data, so the pass traces
-                               into a graph with a dynamic batch (``mdl export``; see wrappers' doc).
+                               same sorted pass with the sort and slice bounds computed as tensors, so it
+                               traces into a graph with a dynamic batch (``mdl export``; see wrappers' doc).
 Norms
     A norm updates its statistics only in train mode and only if it belongs to the forwarded domain:
     shared norms are always in eval mode; gated forwards use running statistics and never update them.
