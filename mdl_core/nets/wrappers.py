@@ -158,13 +158,10 @@ class PerDomainDepthwise(PerDomain):
         if r.domain is not None:
             return self.domains[r.domain](x)
         if r.per_sample and not r.indexed and _per_sample_mode(x.shape[0], len(r.slices)):  # groups = B*C: eager only
-            w, b = self._stacked_filters()
+            w, b = self.stacked(lambda ms: (torch.stack([m.weight for m in ms]),
+                                            torch.stack([m.bias for m in ms]) if ms[0].bias is not None else None))
             return layers.per_sample_depthwise(self.template, x, w[r.idx], None if b is None else b[r.idx])
         return self.grouped(x)
-
-    def _stacked_filters(self):
-        return self.stacked(lambda ms: (torch.stack([m.weight for m in ms]),
-                                        torch.stack([m.bias for m in ms]) if ms[0].bias is not None else None))
 
 
 def _bn_affine(ms):
