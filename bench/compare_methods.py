@@ -3,7 +3,7 @@
 Two trunk modes (`--trunk`):
 
   lite0 (default)  the ImageNet EfficientNet-Lite0 trunk (`timm/tf_efficientnet_lite0`), imported once
-                   offline with `mdl.cli.jobs.trunks.import_trunk` (no pretraining here); methods dw,
+                   offline with `mdl.workflows.trunks.import_trunk` (no pretraining here); methods dw,
                    dw-sharing, bn, classifier-only, finetune (the residual adapters need dense kxk convs,
                    which Lite0 lacks); 4 targets at builtin scale 0.25, 72 px (crop 64), 3 epochs, lr 0.01;
                    one side cell (dw at lr 0.1, digits, seed 0) to show the lr choice; `late` gates, 1 epoch.
@@ -18,10 +18,10 @@ Two trunk modes (`--trunk`):
     MDL_CACHE=/tmp/benchcache OMP_NUM_THREADS=1 PYTHONPATH=. python bench/compare_methods.py --trunk resnet26 --threads 1
 
 It drives the real workflows, not a re-implementation: one base registry home per trunk holds the trunk
-(imported, or pretrained with `mdl.cli.jobs.train.pretrain`); every (trunk, method, seed) then gets its own
-copy of that home, and `mdl.cli.jobs.train.add_domain` trains and registers each target domain in it (so the
+(imported, or pretrained with `mdl.workflows.train.pretrain`); every (trunk, method, seed) then gets its own
+copy of that home, and `mdl.workflows.train.add_domain` trains and registers each target domain in it (so the
 `dw` home of a seed holds exactly that seed's `dw` adapters plus the trunk's own source domain, which is
-what the soft-sharing gates of `mdl.cli.jobs.gates.train_gate` mix). Accuracies are read back from the
+what the soft-sharing gates of `mdl.workflows.gates.train_gate` mix). Accuracies are read back from the
 registry: validation (used only to pick the best epoch) from `DomainVersionRecord.accuracy`, the table's
 test accuracy from `config["test_accuracy"]`, training speed from `config["train_images_per_s"]`;
 gated test accuracy is measured on the registered gate (`gated_network`). Decathlon score:
@@ -197,7 +197,7 @@ class Runner:
         write_json(self.raw_path, self.raw)
 
     def opts(self, epochs: int, seed: int, batch_size: int | None = None, lr: float | None = None):
-        from mdl.cli.jobs.train import TrainOptions
+        from mdl.workflows.train import TrainOptions
 
         return TrainOptions(epochs=epochs, lr=lr or self.a.lr, batch_size=batch_size or self.a.batch_size, device="cpu",
                             workers=0, seed=seed)
@@ -216,7 +216,7 @@ class Runner:
                     reg, _ = Registry.init(home)
                 t0 = time.perf_counter()
                 if self.mode["pretrained_here"]:
-                    from mdl.cli.jobs.train import pretrain
+                    from mdl.workflows.train import pretrain
 
                     trunk, src = pretrain(reg, builtin(SOURCE, self.a.source_scale), name=SOURCE, arch=arch,
                                           width=self.a.width, image_size=self.a.image_size,
@@ -227,7 +227,7 @@ class Runner:
                         "best_epoch": src.config["best_epoch"], "train_images_per_s": trunk.config["train_images_per_s"],
                         "wall_s": round(time.perf_counter() - t0, 1)}
                 else:
-                    from mdl.cli.jobs.trunks import import_trunk
+                    from mdl.workflows.trunks import import_trunk
 
                     trunk, src = import_trunk(reg, arch=arch, image_size=self.a.image_size)
                     self.raw["pretrain"][arch] = {
@@ -252,7 +252,7 @@ class Runner:
         return home
 
     def _train(self, home: Path, label: str, arch: str, method: str, domain: str, seed: int, lr: float) -> dict:
-        from mdl.cli.jobs.train import add_domain
+        from mdl.workflows.train import add_domain
         from mdl.registry.store import Registry
 
         reg = Registry.open(home)
@@ -295,8 +295,8 @@ class Runner:
               f"val {c['val_accuracy']:.2f} ({c['wall_s']:.0f}s)", file=sys.stderr, flush=True)
 
     def gate(self, placement: str, domain: str, seed: int) -> None:
-        from mdl.cli.jobs.common import open_version_data
-        from mdl.cli.jobs.gates import GateOptions, gated_network, train_gate
+        from mdl.workflows.common import open_version_data
+        from mdl.workflows.gates import GateOptions, gated_network, train_gate
         from mdl.core.data import make_loader
         from mdl.core.training import DeviceSetup, accuracy
         from mdl.registry.store import Registry
@@ -354,13 +354,13 @@ class Runner:
         try:
             t0 = time.perf_counter()
             if label == "parallel-adapter-svd":
-                from mdl.cli.jobs.compress import compress
+                from mdl.workflows.compress import compress
 
                 res = compress(reg, domains, rank_ratio=self.a.rank_ratio,
                                opts=self.opts(self.a.svd_epochs, seed, lr=self.a.svd_lr))
                 versions, info = res.versions, {"compression": res.report, "rows": res.rows}
             else:
-                from mdl.cli.jobs.joint import joint_train
+                from mdl.workflows.joint import joint_train
 
                 trunk, versions = joint_train(reg, [builtin(d, self.a.scale) for d in domains], names=domains,
                                               variant="bn" if label == "joint-bn" else "instance-norm",

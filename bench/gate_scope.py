@@ -61,8 +61,8 @@ def dw_home(runner: Runner, domain: str, seed: int) -> Path:
 
 
 def run_gate(base: Path, work: Path, domain: str, seed: int, scope: str, a) -> dict:
-    from mdl.cli.jobs.common import open_version_data
-    from mdl.cli.jobs.gates import GateOptions, gated_network, train_gate
+    from mdl.workflows.common import open_version_data
+    from mdl.workflows.gates import GateOptions, gated_network, train_gate
     from mdl.core.data import make_loader
     from mdl.core.training import DeviceSetup, accuracy
     from mdl.registry.store import Registry

@@ -24,9 +24,9 @@ CELLS = {"paper (joint-train's default: lr 0.01, step, batch statistics)": {"rec
 
 
 def run(label: str, fields: dict, base: Path) -> dict:
-    from mdl.cli.jobs.joint import joint_train
-    from mdl.cli.jobs.train import TrainOptions
-    from mdl.cli.jobs.trunks import import_trunk
+    from mdl.workflows.joint import joint_train
+    from mdl.workflows.train import TrainOptions
+    from mdl.workflows.trunks import import_trunk
     from mdl.registry.store import Registry
 
     reg, _ = Registry.init(base / label.split()[0])

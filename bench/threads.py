@@ -32,8 +32,7 @@ from mdl.core import threads as policy_mod
 if policy == "passive":
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 elif policy != "old":  # mdl's policy, as every compute command applies it
-    from mdl.cli.threads import apply
-    apply(int(policy) if policy.isdigit() else None)
+    policy_mod.start(int(policy) if policy.isdigit() else None)
 import torch, torch.nn.functional as F
 from mdl.core import create_network
 torch.manual_seed(0)
@@ -66,7 +65,7 @@ def jobs(policy: str, copies: int, seconds: float, size: int) -> list[dict]:
     return [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
 
 
-CONFIGS = [  # (label, policy, copies): "old" = torch's defaults, "mdl" = mdl.cli.threads.apply(None) (fair share),
+CONFIGS = [  # (label, policy, copies): "old" = torch's defaults, "mdl" = mdl.core.threads.start(None) (fair share),
     # "1" = --threads 1, "passive" = torch's defaults with OMP_WAIT_POLICY=PASSIVE (an alternative, rejected)
     ("solo, old default", "old", 1),
     ("solo, mdl default", "mdl", 1),

@@ -1,5 +1,5 @@
 """The transfer-recipe study: how to train a new domain on a trunk pretrained elsewhere (ImageNet
-EfficientNet-Lite0), on real photos. Every cell is a real `add-domain` run (mdl.cli.jobs.train.add_domain)
+EfficientNet-Lite0), on real photos. Every cell is a real `add-domain` run (mdl.workflows.train.add_domain)
 with a recipe variant, read back from the registry: validation accuracy (the best epoch's; the only number
 a choice is made on), test accuracy (reported), own parameters.
 
@@ -114,8 +114,8 @@ def cell_id(c: dict) -> str:
 
 
 def run_cell(c: dict, home: Path) -> dict:
-    from mdl.cli.jobs.train import TrainOptions, add_domain
-    from mdl.cli.jobs.trunks import import_trunk
+    from mdl.workflows.train import TrainOptions, add_domain
+    from mdl.workflows.trunks import import_trunk
     from mdl.registry.store import Registry
 
     reg, _ = Registry.init(home)

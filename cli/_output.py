@@ -7,10 +7,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Any, NoReturn
 
-import typer
 from rich.console import Console
 from rich.markup import escape
 
@@ -28,18 +26,6 @@ PIPED_WIDTH = 220
 out = _console(sys.stdout)
 err = _console(sys.stderr, stderr=True)
 
-DEFAULT_HOME = Path("~/.mdl").expanduser()
-
-Home = Annotated[
-    Path,
-    typer.Option(
-        "--home",
-        envvar="MDL_HOME",
-        help="Registry folder (default: $MDL_HOME, else ~/.mdl).",
-        show_default=False,
-    ),
-]
-Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout, nothing else there.")]
 
 
 class CliError(Exception):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import typer
 
 from mdl.cli import data_cmd, db_cmd, methods_cmds, registry_cmds, serve_cmds, trunk_cmd, workflow_cmds
-from mdl.cli._output import fail
+from mdl.cli._output import err, fail
+from mdl.workflows.events import RichReporter, reporting
 
 app = typer.Typer(
     name="mdl",
@@ -16,10 +17,9 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
-registry_cmds.register(app)
-workflow_cmds.register(app)
-methods_cmds.register(app)
-serve_cmds.register(app)
+for module in (registry_cmds, workflow_cmds, methods_cmds, serve_cmds):
+    for name, command in module.COMMANDS.items():
+        app.command(name)(command)
 app.add_typer(trunk_cmd.app, name="trunk", help="Import pretrained trunks (ImageNet Lite0 offline, a weights file, timm).")
 app.add_typer(db_cmd.app, name="db", help="Registry database maintenance (schema upgrades).")
 app.add_typer(data_cmd.app, name="data", help="Look at a dataset before training on it; export builtin domains.")
@@ -30,7 +30,8 @@ def main() -> None:
     one red line on stderr and exit 1."""
     try:
         try:
-            app()
+            with reporting(RichReporter(err)):
+                app()
         except SystemExit:
             raise
         except BaseException as exc:  # noqa: BLE001 - the CLI boundary: nothing escapes as a traceback

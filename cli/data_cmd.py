@@ -3,36 +3,27 @@
 Nothing here touches the registry; builtin domains are cached under $MDL_CACHE (default ~/.cache/mdl)."""
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from mdl.cli._output import Json, emit_json, info, out
-from mdl.cli.threads import Threads
-from mdl.cli.threads import apply as apply_threads
+from mdl.cli._output import emit_json, info, out
+from mdl.cli.options import Json, OnBadImage, Threads, TrainImages, ValImages, apply_threads
 
 app = typer.Typer(no_args_is_help=True)
-
-
-class OnBad(str, Enum):
-    skip = "skip"
-    fail = "fail"
-
 
 Src = Annotated[str, typer.Argument(help="A decathlon root (annotations/*.json), an MNIST-format (IDX) folder, "
                                          "an ImageFolder tree, or builtin:NAME.")]
 Domain = Annotated[Optional[str], typer.Option("--domain", help="Domain NAME inside a decathlon root.")]
 ImageSize = Annotated[int, typer.Option("--image-size", help="Shorter side after resizing (benchmark: 72).")]
-OnBadImage = Annotated[OnBad, typer.Option("--on-bad-image", help="Undecodable image: fail (default) or skip and count.")]
+BadImage = Annotated[OnBadImage, typer.Option("--on-bad-image", help="Undecodable image: fail (default) or skip and count.")]
 
 
 @app.command()
-def inspect(src: Src, domain: Domain = None, image_size: ImageSize = 72, on_bad_image: OnBadImage = OnBad.fail,
+def inspect(src: Src, domain: Domain = None, image_size: ImageSize = 72, on_bad_image: BadImage = OnBadImage.fail,
             seed: Annotated[int, typer.Option(help="Seed of the train/val split (ImageFolder tree, IDX folder) and subsets.")] = 0,
-            train_images: Annotated[Optional[int], typer.Option("--train-images", min=1, help="A seeded, stratified subset of the training split.")] = None,
-            val_images: Annotated[Optional[int], typer.Option("--val-images", min=1, help="A seeded, stratified subset of the validation split.")] = None,
+            train_images: TrainImages = None, val_images: ValImages = None,
             threads: Threads = None, json: Json = False) -> None:
     """Show what the tool reads from SRC: classes, split sizes, image sizes, mean/std, problems."""
     apply_threads(threads)

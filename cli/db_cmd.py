@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import typer
 
-from mdl.cli._output import Home, Json, emit_json, info
+from mdl.cli._output import emit_json, info
+from mdl.cli.options import Home, Json
+from mdl.workflows.catalog import resolve_home
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -11,7 +13,6 @@ app = typer.Typer(no_args_is_help=True)
 @app.command()
 def upgrade(home: Home = None, as_json: Json = False) -> None:
     """Migrate the registry database to this mdl's schema."""
-    from mdl.cli.registry_cmds import resolve_home
     from mdl.registry.store import Registry
 
     before, after = Registry.upgrade(resolve_home(home))
@@ -24,7 +25,6 @@ def upgrade(home: Home = None, as_json: Json = False) -> None:
 @app.command()
 def current(home: Home = None, as_json: Json = False) -> None:
     """Show the registry's schema revision and this mdl's head revision."""
-    from mdl.cli.registry_cmds import resolve_home
     from mdl.registry import db
     from mdl.registry.store import DB_NAME, Registry
     from mdl.registry.errors import NotInitialised

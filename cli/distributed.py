@@ -1,4 +1,4 @@
-"""The training commands under torchrun: `--sync-bn`, and `session()`, which joins the process group
+"""The training commands under torchrun: `session()`, which joins the process group
 (mdl.core.distributed), keeps every rank but 0 silent (no progress, no results on stdout) and turns a
 failure into one line naming the rank. Outside torchrun it does nothing."""
 from __future__ import annotations
@@ -6,14 +6,8 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from typing import Annotated
 
-import typer
 from mdl.cli._output import CliError, err, info, out
-
-SyncBn = Annotated[bool, typer.Option(
-    "--sync-bn", help="Under torchrun: per-domain batch norm statistics over the global batch (SyncBatchNorm); "
-                      "without it each process normalises with its own share of the batch.")]
 
 
 @contextlib.contextmanager

@@ -1,41 +1,15 @@
-"""Registry commands: init, list, show, verify, remove. Thin: they read/write through registry.Registry."""
+"""Registry commands: init, list, show, promote, verify, remove. Thin: they read and write through
+mdl.workflows.catalog and registry.Registry."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
 
-from mdl.cli._output import DEFAULT_HOME, Home, Json, emit_json, info, out
-
-
-def resolve_home(home: Path | None) -> Path:
-    return Path(home).expanduser() if home else DEFAULT_HOME
-
-
-def open_registry(home: Path | None):
-    from mdl.registry.store import Registry
-
-    return Registry.open(resolve_home(home))
-
-
-def version_row(v) -> dict[str, Any]:
-    """The public JSON shape of one domain version (`mdl list --json` / `mdl show --json`)."""
-    trunk_params = v.trunk.num_params or 0
-    return {
-        "name": v.name,
-        "version": v.version,
-        "method": v.method,
-        "num_classes": v.num_classes,
-        "domain_params": v.domain_params,
-        "domain_params_pct_of_trunk": round(100.0 * v.domain_params / trunk_params, 2) if trunk_params else None,
-        "accuracy": v.accuracy,
-        "trunk": v.trunk.label,
-        "created": v.created_at.isoformat(timespec="seconds"),
-        "removed": v.removed_at.isoformat(timespec="seconds") if v.removed_at else None,
-        "pinned": v.pinned,
-    }
+from mdl.cli._output import emit_json, info, out
+from mdl.cli.options import Home, Json
+from mdl.workflows.catalog import domain_history, init_registry, list_versions, open_registry, version_row
 
 
 def _fmt_params(n: int) -> str:
@@ -58,125 +32,99 @@ def versions_table(rows: list[dict[str, Any]], title: str) -> Table:
     return table
 
 
-def register(app: typer.Typer) -> None:
-    @app.command()
-    def init(home: Home = None, as_json: Json = False) -> None:
-        """Create the registry (database schema via migrations, artifact store)."""
-        from mdl.registry.store import Registry
+def init(home: Home = None, as_json: Json = False) -> None:
+    """Create the registry (database schema via migrations, artifact store)."""
+    reg, created = init_registry(home)
+    result = {"home": str(reg.home), "created": created, "schema": reg.schema_revision()}
+    if as_json:
+        emit_json(result)
+    else:
+        verb = "Initialised" if created else "Already initialised:"
+        info(f"{verb} registry at {reg.home} (schema {result['schema']})")
 
-        reg, created = Registry.init(resolve_home(home))
-        result = {"home": str(reg.home), "created": created, "schema": reg.schema_revision()}
-        if as_json:
-            emit_json(result)
-        else:
-            verb = "Initialised" if created else "Already initialised:"
-            info(f"{verb} registry at {reg.home} (schema {result['schema']})")
 
-    @app.command("list")
-    def list_(home: Home = None, as_json: Json = False,
-              all_: Annotated[bool, typer.Option("--all", help="Include removed domains and versions.")] = False) -> None:
-        """Registered domains: current version, method, classes, per-domain parameters, accuracy."""
-        reg = open_registry(home)
-        if all_:
-            from sqlalchemy import select
+def list_(home: Home = None, as_json: Json = False,
+          all_: Annotated[bool, typer.Option("--all", help="Include removed domains and versions.")] = False) -> None:
+    """Registered domains: current version, method, classes, per-domain parameters, accuracy."""
+    reg = open_registry(home)
+    rows = [version_row(v) for v in list_versions(reg, include_removed=all_)]
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        info(f"No domains registered in {reg.home} yet (next: `mdl add-domain NAME --data SRC`, which imports the default trunk on first use).")
+        return
+    trunks = ", ".join(f"{t.label} ({_fmt_params(t.num_params)}, w={t.width:g})" for t in reg.trunks())
+    out.print(versions_table(rows, f"Domains in {reg.home}  ·  trunks: {trunks}"))
 
-            from mdl.registry.models import Domain
 
-            with reg.session() as s:
-                names = list(s.scalars(select(Domain.name).order_by(Domain.id)))
-            records = [v for n in names for v in reg.domain_versions(n)]
-        else:
-            records = reg.current_versions()
-        rows = [version_row(v) for v in records]
-        if as_json:
-            emit_json(rows)
-            return
-        if not rows:
-            info(f"No domains registered in {reg.home} yet (next: `mdl add-domain NAME --data SRC`, which imports the default trunk on first use).")
-            return
-        trunks = ", ".join(f"{t.label} ({_fmt_params(t.num_params)}, w={t.width:g})" for t in reg.trunks())
-        out.print(versions_table(rows, f"Domains in {reg.home}  ·  trunks: {trunks}"))
+def show(name: str, home: Home = None, as_json: Json = False) -> None:
+    """Every version of domain NAME (removed ones marked), with gates and data provenance."""
+    history = domain_history(open_registry(home), name)
+    if as_json:
+        emit_json(history)
+        return
+    rows = history["versions"]
+    out.print(versions_table(rows, f"Domain {name}"))
+    for r in rows:
+        if r["gate"]:
+            g = r["gate"]
+            out.print(f"  v{r['version']} gate v{g['version']} ({g['placement']}): "
+                      f"{g['accuracy']:.2f} with, {g['accuracy_without']:.2f} without")
 
-    @app.command()
-    def show(name: str, home: Home = None, as_json: Json = False) -> None:
-        """Every version of domain NAME (removed ones marked), with gates and data provenance."""
-        reg = open_registry(home)
-        versions = reg.domain_versions(name)
-        try:
-            current = reg.domain_version(name).version  # the pinned version, else the newest live one
-        except KeyError:  # every version removed
-            current = None
-        rows = []
-        for v in versions:
-            row = version_row(v) | {"current": v.version == current, "data": v.data, "config": v.config,
-                                    "artifact": {"path": v.artifact.path, "sha256": v.artifact.sha256,
-                                                 "size": v.artifact.size}}
-            gate = reg.current_gate(v.id)
-            row["gate"] = None if gate is None else {
-                "version": gate.version, "placement": gate.placement, "accuracy": gate.accuracy,
-                "accuracy_without": gate.base_accuracy}
-            row["evaluations"] = reg.evaluations(v.id)
-            rows.append(row)
-        if as_json:
-            emit_json({"name": name, "reference_accuracy": versions[0].reference_accuracy if versions else None,
-                       "versions": rows})
-            return
-        out.print(versions_table(rows, f"Domain {name}"))
-        for r in rows:
-            if r["gate"]:
-                g = r["gate"]
-                out.print(f"  v{r['version']} gate v{g['version']} ({g['placement']}): "
-                          f"{g['accuracy']:.2f} with, {g['accuracy_without']:.2f} without")
 
-    @app.command()
-    def promote(name: str,
-                version: Annotated[Optional[int], typer.Option("--version", "-v", min=1, help="Make this version current.")] = None,
-                latest: Annotated[bool, typer.Option("--latest", help="Unpin: the newest version not removed is current again.")] = False,
-                home: Home = None, as_json: Json = False) -> None:
-        """Pin which version of NAME is current (list, show, predict, serve, score and export follow), or unpin it.
+def promote(name: str,
+            version: Annotated[Optional[int], typer.Option("--version", "-v", min=1, help="Make this version current.")] = None,
+            latest: Annotated[bool, typer.Option("--latest", help="Unpin: the newest version not removed is current again.")] = False,
+            home: Home = None, as_json: Json = False) -> None:
+    """Pin which version of NAME is current (list, show, predict, serve, score and export follow), or unpin it.
 
-        A rollback without removing anything: newer versions stay registered and can be promoted later."""
-        if (version is None) == (not latest):
-            raise ValueError("give --version N to pin a version, or --latest to unpin")
-        reg = open_registry(home)
-        v = reg.promote(name, version)
-        if as_json:
-            emit_json(version_row(v) | {"current": True})
-        elif version is None:
-            info(f"{name}: unpinned; current is v{v.version} (the newest not removed)")
-        else:
-            info(f"{name}: v{v.version} is now current (pinned); newer versions stay registered")
+    A rollback without removing anything: newer versions stay registered and can be promoted later."""
+    if (version is None) == (not latest):
+        raise ValueError("give --version N to pin a version, or --latest to unpin")
+    reg = open_registry(home)
+    v = reg.promote(name, version)
+    if as_json:
+        emit_json(version_row(v) | {"current": True})
+    elif version is None:
+        info(f"{name}: unpinned; current is v{v.version} (the newest not removed)")
+    else:
+        info(f"{name}: v{v.version} is now current (pinned); newer versions stay registered")
 
-    @app.command()
-    def verify(home: Home = None, as_json: Json = False) -> None:
-        """Re-hash every artifact; report missing or mismatched files (exit 1 if any)."""
-        reg = open_registry(home)
-        report = reg.verify()
-        if as_json:
-            emit_json(report)
-        else:
-            for p in report["problems"]:
-                info(f"[red]{p['status']}[/]: {p['path']} ({p['kind']})")
-            for p in report["unrecorded_files"]:
-                info(f"[yellow]unrecorded file[/] (no registry row points at it): {p}")
-            if report["unrecorded_files"]:
-                info("  left by a write killed before its row committed; harmless: the next version that needs "
-                     "its name moves it to quarantine/, and you may delete it")
-            if report["quarantined_files"]:
-                info(f"{len(report['quarantined_files'])} unrecorded file(s) moved aside in {reg.home / 'quarantine'}; "
-                     "inspect or delete them")
-            info(f"{report['ok']}/{report['checked']} artifacts ok in {reg.home}")
-        if report["problems"]:
-            raise typer.Exit(1)
 
-    @app.command()
-    def remove(name: str, version: Annotated[Optional[int], typer.Option("--version", "-v", help="Only this version.")] = None,
-               home: Home = None, as_json: Json = False) -> None:
-        """Mark domain NAME (or one version) removed. History and files are kept; numbers are never reused."""
-        reg = open_registry(home)
-        marked = reg.remove(name, version)
-        if as_json:
-            emit_json({"name": name, "removed_versions": marked, "domain_removed": version is None})
-        else:
-            what = f"{name} v{version}" if version is not None else f"domain {name}"
-            info(f"Removed {what} (versions marked: {', '.join(map(str, marked)) or 'none'}).")
+def verify(home: Home = None, as_json: Json = False) -> None:
+    """Re-hash every artifact; report missing or mismatched files (exit 1 if any)."""
+    reg = open_registry(home)
+    report = reg.verify()
+    if as_json:
+        emit_json(report)
+    else:
+        for p in report["problems"]:
+            info(f"[red]{p['status']}[/]: {p['path']} ({p['kind']})")
+        for p in report["unrecorded_files"]:
+            info(f"[yellow]unrecorded file[/] (no registry row points at it): {p}")
+        if report["unrecorded_files"]:
+            info("  left by a write killed before its row committed; harmless: the next version that needs "
+                 "its name moves it to quarantine/, and you may delete it")
+        if report["quarantined_files"]:
+            info(f"{len(report['quarantined_files'])} unrecorded file(s) moved aside in {reg.home / 'quarantine'}; "
+                 "inspect or delete them")
+        info(f"{report['ok']}/{report['checked']} artifacts ok in {reg.home}")
+    if report["problems"]:
+        raise typer.Exit(1)
+
+
+def remove(name: str, version: Annotated[Optional[int], typer.Option("--version", "-v", help="Only this version.")] = None,
+           home: Home = None, as_json: Json = False) -> None:
+    """Mark domain NAME (or one version) removed. History and files are kept; numbers are never reused."""
+    reg = open_registry(home)
+    marked = reg.remove(name, version)
+    if as_json:
+        emit_json({"name": name, "removed_versions": marked, "domain_removed": version is None})
+    else:
+        what = f"{name} v{version}" if version is not None else f"domain {name}"
+        info(f"Removed {what} (versions marked: {', '.join(map(str, marked)) or 'none'}).")
+
+
+# command name -> function, in the order `mdl --help` lists them
+COMMANDS = {"init": init, "list": list_, "show": show, "promote": promote, "verify": verify, "remove": remove}

@@ -5,9 +5,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from mdl.cli._output import Home, Json, emit_json, info
-from mdl.cli.threads import Threads
-from mdl.cli.threads import apply as apply_threads
+from mdl.cli._output import emit_json, info
+from mdl.cli.options import Home, Json, Threads, TrunkArch, apply_threads
+from mdl.core.choices import DEFAULT_TRUNK
+from mdl.workflows.catalog import open_registry, version_row
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -16,7 +17,7 @@ app = typer.Typer(no_args_is_help=True)
 def import_(
     weights: Annotated[Optional[str], typer.Argument(help="Weights file (.safetensors, or a PyTorch state dict read "
                                                           "weights-only). Default: the packaged Lite0 ImageNet weights.")] = None,
-    arch: Annotated[str, typer.Option("--arch", help="Trunk: timm/<model>, resnet26_dw or resnet26.")] = "timm/tf_efficientnet_lite0",
+    arch: TrunkArch = DEFAULT_TRUNK,
     from_timm: Annotated[bool, typer.Option("--from-timm", help="Download timm's own pretrained weights (needs the network).")] = False,
     source_name: Annotated[str, typer.Option("--source-name", help="Domain name for the weights' own classifier.")] = "imagenet",
     image_size: Annotated[int, typer.Option("--image-size", min=8, help="Shorter side new domains are resized to (crop 64/72 of it).")] = 72,
@@ -36,8 +37,7 @@ def import_(
 ) -> None:
     """Register a pretrained trunk version (with its provenance and preprocessing config)."""
     apply_threads(threads)
-    from mdl.cli.jobs.trunks import import_reference, import_trunk
-    from mdl.cli.registry_cmds import open_registry, version_row
+    from mdl.workflows.trunks import import_reference, import_trunk
     from mdl.core.data.transforms import parse_stats
 
     stats = {"mean": parse_stats(mean, "mean") if mean else None, "std": parse_stats(std, "std") if std else None,

@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mdl.core.nets.methods.parallel_adapter import ParallelAdapter
+from mdl.core.nets.methods.parallel_adapter import ParallelAdapter, ParallelAdapterMethod
 from mdl.core.nets.methods.parallel_adapter_svd import SVDParallelAdapter
 
-SVD_METHOD = "parallel-adapter-svd"
-SOURCE_METHOD = "parallel-adapter"
+# What this compresses, and into what: the methods say (Method.compresses_to)
+SOURCE_METHOD = ParallelAdapterMethod.name
+SVD_METHOD = ParallelAdapterMethod.compresses_to
 
 
 def rank_for(c_in: int, c_out: int, num_domains: int, ratio: float) -> int:

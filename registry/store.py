@@ -417,12 +417,10 @@ class Registry:
                 domain.removed_at = now
             return [v.version for v in live]
 
-    def set_reference_accuracy(self, name: str, accuracy: float | None) -> None:
-        with self.writing(), self.session() as s:
-            domain = s.scalar(select(Domain).where(Domain.name == name))
-            if domain is None:
-                raise NotFound(f"unknown domain {name!r}", hint="see `mdl list`")
-            domain.reference_accuracy = accuracy
+    def domain_names(self) -> list[str]:
+        """Every domain ever registered, removed ones too, in registration order."""
+        with self.session() as s:
+            return list(s.scalars(select(Domain.name).order_by(Domain.id)))
 
     # --- gates and evaluations ----------------------------------------------------------------------
 

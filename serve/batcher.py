@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mdl.cli.jobs.evaluate import top_classes
 from mdl.core import threads
 from mdl.core.data.dataset import eval_batch
+from mdl.workflows.evaluate import top_classes
 
 log = logging.getLogger("mdl.serve")
 _STOP = object()

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from mdl.cli.jobs.common import NetworkLoader
 from mdl.registry.store import DomainVersionRecord, Registry
+from mdl.workflows.catalog import version_row
+from mdl.workflows.common import NetworkLoader
 
 log = logging.getLogger("mdl.serve")
 
@@ -100,8 +100,6 @@ class ModelPool:
 
     def refresh(self) -> bool:
         """Publish a new snapshot if the registry's current versions changed; returns whether it did."""
-        from mdl.cli.registry_cmds import version_row
-
         with self._lock:
             old = self.snapshot
             versions = self.reg.current_versions()
@@ -176,11 +174,3 @@ class ModelPool:
             for p in net.parameters():
                 p.requires_grad_(False)
         return net, loaded, problems
-
-    def wait_for_generation(self, generation: int, timeout: float) -> bool:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.snapshot.generation >= generation:
-                return True
-            time.sleep(0.05)
-        return False

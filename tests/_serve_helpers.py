@@ -42,7 +42,7 @@ def make_registry(home: Path, domains: dict[str, int]):
 
 
 def register_domain(reg, trunk_id: int, name: str, k: int, seed: int):
-    from mdl.cli.jobs.common import NetworkLoader
+    from mdl.workflows.common import NetworkLoader
 
     trunk = next(t for t in reg.trunks() if t.id == trunk_id)
     net = NetworkLoader(reg).network(trunk, "dw")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from mdl.cli.jobs.demo import DemoPlan, run
+from mdl.workflows.demo import DemoPlan, run
 from mdl.core.data import list_builtin
 from mdl.registry.store import Registry
 

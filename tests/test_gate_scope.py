@@ -46,7 +46,7 @@ def test_cli_gate_domain_scope_registers_a_new_target_version(tmp_path, mdl, hom
     from conftest import tree_digest
     from test_workflow_e2e import TOY, TRAIN, make_tree
 
-    from mdl.cli.jobs.gates import gated_network
+    from mdl.workflows.gates import gated_network
     from mdl.registry.store import Registry
 
     trees = {n: make_tree(tmp_path / n, k, 16, seed=i) for i, (n, k) in enumerate((("src", 4), ("alpha", 3), ("beta", 3)))}

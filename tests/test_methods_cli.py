@@ -36,7 +36,7 @@ def reg_home(tmp_path_factory, trees):
 
 
 def _network(home, names, method):
-    from mdl.cli.jobs.common import NetworkLoader
+    from mdl.workflows.common import NetworkLoader
     from mdl.registry.store import Registry
 
     reg = Registry.open(home)
@@ -77,7 +77,7 @@ def test_full_rank_versions_load_from_registry_with_the_uncompressed_logits(reg_
     with torch.no_grad():
         for d in ("alpha", "beta"):
             assert torch.allclose(net(x, d), want[d], atol=1e-4)
-    from mdl.cli.jobs.compress import check_group
+    from mdl.workflows.compress import check_group
 
     assert check_group(reg, versions) == out["group"]["group"]
     # accuracy recorded without fine-tuning = the uncompressed versions' (same function at full rank)
@@ -100,7 +100,7 @@ def test_half_rank_finetuned_versions_reload_exactly(reg_home):
     group = out["group"]
     assert 0.4 < group["own_fraction"] < 0.6 and group["group_fraction"] < 1.0
     reg, versions, net = _network(home, ["alpha", "beta"], "parallel-adapter-svd")
-    from mdl.cli.jobs.common import open_version_data
+    from mdl.workflows.common import open_version_data
     from mdl.core.data import make_loader
     from mdl.core.training import DeviceSetup, accuracy
 
@@ -131,7 +131,7 @@ def test_joint_train_bn_and_instance_norm(reg_home, trees):
     assert res.code == 0, res.stderr
     out = res.json()
     assert out["trunk"] == "resnet26_in:v1"
-    from mdl.cli.jobs.common import open_version_data
+    from mdl.workflows.common import open_version_data
     from mdl.core.data import make_loader
     from mdl.core.training import DeviceSetup, accuracy
 

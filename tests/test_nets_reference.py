@@ -79,7 +79,7 @@ def test_cli_imports_a_reference_checkpoint_with_equal_logits(tmp_path, mdl, hom
     registry-loaded network answers like the reference network (float32 now: 1e-5)."""
     from conftest import tree_digest
 
-    from mdl.cli.jobs.common import NetworkLoader
+    from mdl.workflows.common import NetworkLoader
     from mdl.registry.store import Registry
 
     ref = randomise(CASES["guo2019"]()).float()

@@ -81,7 +81,7 @@ def test_dropout_before_the_classifier_in_training_only():
 
 
 def test_reference_preprocessing_and_train_val_split(tmp_path):
-    from mdl.cli.jobs.common import loaders
+    from mdl.workflows.common import loaders
     from mdl.core.data import open_source
 
     decathlon(tmp_path, "svhn", sizes=(6, 3, 3))

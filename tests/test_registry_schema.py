@@ -84,7 +84,7 @@ def test_0004_keeps_pre_reference_resnet26_trunks_on_the_network_they_were_train
     earlier definition; the upgrade names them resnet26_v0 / resnet26_dw_v0 and they load exactly."""
     import torch
 
-    from mdl.cli.jobs.common import NetworkLoader
+    from mdl.workflows.common import NetworkLoader
     from mdl.core import create_network
 
     torch.manual_seed(0)

@@ -28,8 +28,8 @@ def rss_kib(pid: int) -> int:
 
 def expected_top(reg, images, name: str, version: int):
     """What `mdl predict` answers for each image with `name` at `version` (its preprocessing, its network)."""
-    from mdl.cli.jobs.common import NetworkLoader
-    from mdl.cli.jobs.evaluate import top_classes
+    from mdl.workflows.common import NetworkLoader
+    from mdl.workflows.evaluate import top_classes
     from mdl.core.data import load_images
 
     v = reg.domain_version(name, version)

@@ -109,7 +109,7 @@ def _to_layout1(tensors: dict) -> dict:
 def test_layout1_artifacts_load_renamed_with_equal_logits(home, arch, method):
     from sqlalchemy import text
 
-    from mdl.cli.jobs.common import NetworkLoader
+    from mdl.workflows.common import NetworkLoader
     from mdl.core import create_network
 
     torch.manual_seed(0)

@@ -7,11 +7,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from mdl.core.choices import ON_BAD_IMAGE
 from mdl.core.data.dataset import DomainData, LazyImages, SplitDataset, finish_images, fingerprint, max_memory_bytes
 from mdl.core.data.errors import DataError
 from mdl.core.data.transforms import CMYK, channel_stats, decode_rgb, default_crop, resize_shorter
 
-ON_BAD_IMAGE = ("skip", "fail")
 
 
 def check_options(image_size: int, crop: int | None, on_bad_image: str, val_fraction: float = 0.2) -> int:

@@ -222,6 +222,13 @@ def load_images(paths: Sequence[str | Path], dd_or_stats) -> torch.Tensor:
     """Evaluation preprocessing of image files (for `mdl predict`): decode (any of RGB, grayscale, RGBA),
     resize the shorter side to image_size, centre crop, normalise. `dd_or_stats` is a DomainData or a
     dict with mean, std, image_size (and optionally crop). Returns float [N,3,crop,crop]."""
+    if not paths:
+        raise DataError("no image files given")
+    return preprocess([decode_rgb(p)[0] for p in paths], dd_or_stats)
+
+
+def preprocess(images: Sequence[torch.Tensor], dd_or_stats) -> torch.Tensor:
+    """:func:`load_images` for decoded uint8 RGB images [3,H,W]."""
     try:
         mean, std = _stat(dd_or_stats, "mean"), _stat(dd_or_stats, "std")
         image_size = int(_stat(dd_or_stats, "image_size"))
@@ -236,9 +243,7 @@ def load_images(paths: Sequence[str | Path], dd_or_stats) -> torch.Tensor:
         from mdl.core.data.transforms import default_crop
 
         crop = default_crop(image_size)
-    if not paths:
-        raise DataError("no image files given")
-    return eval_batch([decode_rgb(p)[0] for p in paths], mean, std, image_size, crop)
+    return eval_batch(images, mean, std, image_size, crop)
 
 
 def eval_batch(images: Sequence[torch.Tensor], mean, std, image_size: int, crop: int) -> torch.Tensor:

@@ -68,6 +68,35 @@ def decode_rgb_bytes(data: bytes, label: str = "upload") -> tuple[torch.Tensor, 
     return _decode(torch.frombuffer(bytearray(data), dtype=torch.uint8), label, lambda: io.BytesIO(data))
 
 
+def as_rgb(image, label: str = "image") -> torch.Tensor:
+    """Any image a Python caller holds, as the uint8 RGB tensor [3,H,W] a decoder gives: a file path, a PIL
+    image (any mode), bytes of an encoded file, or a tensor / array of pixels ([3,H,W] or [H,W]; uint8, or
+    float in [0, 1])."""
+    import numpy as np
+
+    if isinstance(image, (str, Path)):
+        return decode_rgb(image)[0]
+    if isinstance(image, (bytes, bytearray)):
+        return decode_rgb_bytes(bytes(image), label)[0]
+    if hasattr(image, "convert") and hasattr(image, "mode"):  # a PIL image
+        image = np.asarray(image.convert("RGB")).transpose(2, 0, 1)
+    if isinstance(image, np.ndarray):
+        image = torch.from_numpy(np.ascontiguousarray(image))
+    if not isinstance(image, torch.Tensor):
+        raise DataError(f"cannot read {label}: a path, PIL image, bytes or tensor, not {type(image).__name__}")
+    if image.ndim == 2:
+        image = image.unsqueeze(0)
+    if image.ndim != 3 or image.shape[0] not in (1, 3) or min(image.shape[1:]) < 1:
+        raise DataError(f"cannot read {label}: a tensor of shape [3,H,W] or [H,W], not {list(image.shape)}")
+    if image.is_floating_point():
+        if not torch.isfinite(image).all() or image.min() < 0 or image.max() > 1:
+            raise DataError(f"cannot read {label}: float pixels must be finite and in [0, 1]")
+        image = (image * 255).round().to(torch.uint8)
+    elif image.dtype != torch.uint8:
+        raise DataError(f"cannot read {label}: pixels must be uint8 or float in [0, 1], not {image.dtype}")
+    return image.expand(3, -1, -1).contiguous().cpu()
+
+
 def _decode(data: torch.Tensor, label, pillow_source) -> tuple[torch.Tensor, int]:
     try:
         img = decode_image(data, mode=ImageReadMode.UNCHANGED)

@@ -13,12 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-PLACEMENTS = ("early", "middle", "late", "all")
-# What trains with a gate. ``gate``: the gate MLPs only, every norm frozen at its running statistics (the
-# paper's text). ``gate+domain``: also the target's own parameters except its depthwise filters -- norms
-# (batch statistics), the last pointwise conv, the end BN, the classifier -- as the released
-# ``main_sharing.py`` does (it freezes every 3x3 kernel and every 1x1 but the 25th).
-SCOPES = ("gate", "gate+domain")
+from mdl.core.choices import GATE_SCOPES as SCOPES
+from mdl.core.choices import PLACEMENTS
 
 
 def thirds(paths: list[str]) -> dict[str, list[str]]:

@@ -17,6 +17,7 @@ class Method:
     needs_what = ""           # how to say what is missing
     fusable = False
     gateable = False          # soft-sharing gates mix depthwise filters that every mixed domain owns
+    compresses_to: str | None = None  # the method its domains become under cross-domain compression
 
     def check(self, layout: TrunkLayout, arch: str) -> None:
         if self.needs and not getattr(layout, self.needs):

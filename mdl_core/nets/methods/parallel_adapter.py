@@ -75,4 +75,5 @@ class ParallelAdapter(PerDomain):
 @register_method("parallel-adapter")
 class ParallelAdapterMethod(DenseAdapterMethod):
     fusable = True
+    compresses_to = "parallel-adapter-svd"  # Rebuffi et al. 2018 §3.4 (mdl.core.compression)
     adapter = ParallelAdapter

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from torch import nn
 
+from mdl.core.choices import BN_STATISTICS
+
 from ..registry import register_trunk
 from .resnet26 import resnet26, resnet26_dw
 
 # BN trunk family -> its instance-norm twin (an instance-norm trunk trains on as itself)
 INSTANCE_NORM_OF = {"resnet26": "resnet26_in", "resnet26_dw": "resnet26_dw_in",
                     "resnet26_in": "resnet26_in", "resnet26_dw_in": "resnet26_dw_in"}
-BN_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 def to_instance_norm(model: nn.Module) -> nn.Module:

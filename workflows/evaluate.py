@@ -7,24 +7,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mdl.cli._output import info
-from mdl.cli.jobs.common import NetworkLoader, open_version_data
-from mdl.cli.jobs.gates import gated_network
-from mdl.registry.artifacts import probe_writable
 from mdl.registry.store import DomainVersionRecord, Registry
-
-
-def _check_writable(path: Path) -> None:
-    """Fail before hours of evaluation, not after: the results file's folder must exist and take a file."""
-    folder = path.expanduser().resolve().parent
-    if not folder.is_dir():
-        raise ValueError(f"--results {path}: folder {folder} does not exist")
-    if path.is_dir():
-        raise ValueError(f"--results {path} is a folder; give a file name")
-    try:
-        probe_writable(folder)
-    except OSError as exc:
-        raise ValueError(f"--results {path}: cannot write in {folder} ({exc.strerror})") from None
+from mdl.workflows.common import NetworkLoader, check_output_file, open_version_data
+from mdl.workflows.events import note
+from mdl.workflows.gates import gated_network
 
 
 def _references(reg: Registry, versions, split: str) -> dict[str, float]:
@@ -58,8 +44,7 @@ def score(reg: Registry, *, split: str = "val", results: Path | None = None, dev
     if split not in ("val", "test"):
         raise ValueError(f"unknown --split {split!r}: choose val or test")
     if results is not None:
-        results = Path(results)
-        _check_writable(results)
+        results = check_output_file(results, "--results")
     versions = reg.current_versions()
     if not versions:
         raise ValueError(f"no domains registered in {reg.home} (next: `mdl add-domain NAME --data SRC`, which imports the default trunk on first use)")
@@ -139,10 +124,10 @@ def score(reg: Registry, *, split: str = "val", results: Path | None = None, dev
             n: {"version": by_row[n]["version"], "method": by_row[n]["method"], "trained_on": by_row[n]["trained_on"]}
             for n in in_submission}}, indent=1))
         report["results"]["provenance_file"] = str(side)
-        info(f"Wrote {len(submission)} predictions for {len(in_submission)} decathlon domain(s) to {results}")
+        note(f"Wrote {len(submission)} predictions for {len(in_submission)} decathlon domain(s) to {results}")
         if report["results"]["missing_challenge_domains"]:
-            info(f"[yellow]note:[/] the challenge expects all 10 domains; missing: "
-                 f"{', '.join(report['results']['missing_challenge_domains'])}")
+            note(f"the challenge expects all 10 domains; missing: "
+                 f"{', '.join(report['results']['missing_challenge_domains'])}", "note")
     for e in evaluations:  # only now: a failed score leaves the registry as it was
         reg.add_evaluation(**e)
     return report
@@ -158,47 +143,62 @@ def _results_entries(v: DomainVersionRecord, dd, split: str, predictions) -> lis
 
 def predict(reg: Registry, default_domain: str, images: list[str], *, top_k: int = 5,
             device: str = "auto") -> list[dict[str, Any]]:
-    """Classify image files. An IMAGE written `domain@path` uses that domain; every image of every
-    domain goes through one network in one (stacked, for dw) pass."""
-    import torch
-
-    from mdl.core.data import load_images
-    from mdl.core.training import DeviceSetup
-
+    """Classify image files (`mdl predict`). An IMAGE written `domain@path` uses that domain."""
     pairs = [(img.split("@", 1) if "@" in img and not Path(img).exists() else (default_domain, img)) for img in images]
     known = {v.name for v in reg.current_versions()}
     for img, (name, path) in zip(images, pairs):  # name@path with neither part real: say both
         if "@" in img and name not in known and not Path(path).is_file():
             raise FileNotFoundError(f"image not found: {img} (nor is {name!r} a registered domain for DOMAIN@IMAGE)")
-    names = list(dict.fromkeys(name for name, _ in pairs))
-    versions = {name: reg.domain_version(name) for name in names}
-    trunks = {v.trunk.id for v in versions.values()}
-    methods = {v.method for v in versions.values()}
-    if len(trunks) > 1 or len(methods) > 1:
-        raise ValueError("images for domains on different trunks or methods cannot share one pass; run them separately")
+    versions = current_of(reg, [name for name, _ in pairs])
     for _, path in pairs:
         if not Path(path).is_file():
             raise FileNotFoundError(f"image not found: {path}")
-    first = next(iter(versions.values()))
-    net = NetworkLoader(reg).network(first.trunk, first.method, versions.values())
+    return classify(reg, [(name, path) for name, path in pairs], top_k=top_k, device=device,
+                    labels=[path for _, path in pairs], versions=versions)
+
+
+def current_of(reg: Registry, names) -> dict[str, DomainVersionRecord]:
+    """The current versions of ``names`` (each once), which must share one network: one trunk, one method."""
+    versions = {name: reg.domain_version(name) for name in dict.fromkeys(names)}
+    if len({v.trunk.id for v in versions.values()}) > 1 or len({v.method for v in versions.values()}) > 1:
+        raise ValueError("images for domains on different trunks or methods cannot share one pass; run them separately")
+    return versions
+
+
+def classify(reg: Registry, items: list[tuple[str, Any]], *, top_k: int = 5, device: str = "auto",
+             labels: list[str] | None = None, versions: dict | None = None) -> list[dict[str, Any]]:
+    """Classify ``items``, (domain, image) pairs; an image is a path, a PIL image, bytes or a pixel
+    tensor (mdl.core.data.transforms.as_rgb). Every image of every domain goes through one network in
+    one (stacked, for dw) pass per input size. Rows as `mdl predict --json` prints them; ``labels`` name
+    the images in them (default: their positions)."""
+    import torch
+
+    from mdl.core.data.dataset import preprocess
+    from mdl.core.data.transforms import as_rgb
+    from mdl.core.training import DeviceSetup
+
+    if not items:
+        raise ValueError("no images given")
+    labels = labels or [f"image {i}" for i in range(len(items))]
+    versions = versions or current_of(reg, [name for name, _ in items])
+    net = NetworkLoader(reg).network(next(iter(versions.values())).trunk, next(iter(versions.values())).method,
+                                     versions.values())
     batches = []
-    for name, path in pairs:
-        d = versions[name].data
-        batches.append(load_images([path], {"mean": d["mean"], "std": d["std"], "image_size": d["image_size"],
-                                            "crop": d["crop"]}))
+    for (name, image), label in zip(items, labels):
+        batches.append(preprocess([as_rgb(image, label)], versions[name].data))
     dev = DeviceSetup.resolve(device)
     dev.prepare(net).eval()
     # Domains preprocessed to different input sizes (the references' 72 px no-crop domains beside 64 px
     # crops) cannot share a tensor: one stacked pass per input size.
-    rows: list = [None] * len(pairs)
+    rows: list = [None] * len(items)
     for size in dict.fromkeys(b.shape[-1] for b in batches):
         ix = [i for i, b in enumerate(batches) if b.shape[-1] == size]
         with torch.no_grad(), dev.autocast():
-            logits = net(dev.batch(torch.cat([batches[i] for i in ix])), domain=[pairs[i][0] for i in ix]).float().cpu()
+            logits = net(dev.batch(torch.cat([batches[i] for i in ix])), domain=[items[i][0] for i in ix]).float().cpu()
         for i, row in zip(ix, logits):
             rows[i] = row
-    return [{"image": path, "domain": name, "version": versions[name].version,
-             "top": top_classes(row, versions[name], top_k)} for (name, path), row in zip(pairs, rows)]
+    return [{"image": label, "domain": name, "version": versions[name].version,
+             "top": top_classes(row, versions[name], top_k)} for (name, _), label, row in zip(items, labels, rows)]
 
 
 def top_classes(row, v: DomainVersionRecord, top_k: int) -> list[dict[str, Any]]:

@@ -6,12 +6,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mdl.cli._output import info
-from mdl.cli.jobs.common import NetworkLoader, loaders, open_version_data, progress, run_key
+from mdl.workflows import events
+from mdl.workflows.events import note
+from mdl.workflows.common import NetworkLoader, loaders, open_version_data, run_key
 from mdl.core import distributed
 from mdl.registry.store import DomainVersionRecord, GateRecord, Registry
 
-GATED_METHOD = "dw"  # the gate mixes depthwise outputs, so every mixed domain must own its depthwise filters
+
+
+def gateable(method: str) -> bool:
+    """Whether domains of ``method`` can be gated: the gate mixes depthwise outputs, so every mixed domain
+    must own its depthwise filters (the method says so: ``Method.gateable``)."""
+    from mdl.core.nets import get_method
+
+    return get_method(method).gateable
 
 
 @dataclass
@@ -26,17 +34,24 @@ class GateOptions:
     scope: str = "gate"  # mdl.core.nets.gate.SCOPES
 
 
+def gateable_methods() -> list[str]:
+    from mdl.core.nets import list_methods
+
+    return [m for m in list_methods() if gateable(m)]
+
+
 def gate_targets(reg: Registry, names: list[str] | None) -> list[DomainVersionRecord]:
-    """The named domains, or by default every current dw domain added to a trunk (not the trunks'
-    own source domains: the paper gates the domains added later)."""
-    current = [v for v in reg.current_versions() if v.method == GATED_METHOD]
+    """The named domains, or by default every current domain of a gateable method (`dw`) added to a trunk
+    (not the trunks' own source domains: the paper gates the domains added later)."""
+    current = [v for v in reg.current_versions() if gateable(v.method)]
     if not names:
         return [v for v in current if v.config.get("role") != "trunk source"]
     by_name = {v.name: v for v in current}
     for n in names:
         if n not in by_name:
             reg.domain_version(n)  # unknown domain -> NotFound with a hint
-            raise ValueError(f"domain {n!r} is not a current {GATED_METHOD!r} domain; gates mix depthwise filters")
+            raise ValueError(f"domain {n!r} is not a current domain of a gateable method ({', '.join(gateable_methods())}); "
+                             "gates mix depthwise filters")
     return [by_name[n] for n in names]
 
 
@@ -47,13 +62,13 @@ def train_gate(reg: Registry, target: DomainVersionRecord, opts: GateOptions) ->
     from mdl.core.recipes import Recipe
     from mdl.core.training import Checkpoint, DeviceSetup, accuracy, fit
 
-    mixed = [v for v in reg.current_versions() if v.method == GATED_METHOD and v.trunk.id == target.trunk.id]
+    mixed = [v for v in reg.current_versions() if v.method == target.method and v.trunk.id == target.trunk.id]
     if len(mixed) < 2:
-        raise ValueError(f"a gate for {target.name} needs at least 2 registered {GATED_METHOD} domains on trunk "
+        raise ValueError(f"a gate for {target.name} needs at least 2 registered {target.method} domains on trunk "
                          f"{target.trunk.label}; found {len(mixed)}")
     loader = NetworkLoader(reg)
     torch.manual_seed(opts.seed)
-    net = loader.network(target.trunk, GATED_METHOD, mixed)
+    net = loader.network(target.trunk, target.method, mixed)
     net.add_gate(target.name, placement=opts.placement, mixed_domains=[v.name for v in mixed], scope=opts.scope)
     trains_domain = opts.scope == "gate+domain"
     dd = open_version_data(target)
@@ -67,7 +82,7 @@ def train_gate(reg: Registry, target: DomainVersionRecord, opts: GateOptions) ->
     digest, key = run_key(job="gate", target=target.id, mixed=[v.id for v in mixed], placement=opts.placement,
                           recipe=recipe.to_dict(), scope=opts.scope)
     checkpoint = Checkpoint(reg.home / "runs" / f"gate-{target.name}-{digest}", key)
-    info(f"Gate for {target.name} v{target.version} ({opts.placement}, scope {opts.scope}) over {len(mixed)} "
+    note(f"Gate for {target.name} v{target.version} ({opts.placement}, scope {opts.scope}) over {len(mixed)} "
          f"domains: {', '.join(v.name for v in mixed)}")
     names = [v.name for v in mixed]
 
@@ -80,7 +95,7 @@ def train_gate(reg: Registry, target: DomainVersionRecord, opts: GateOptions) ->
                                  opts.placement, opts.scope)
         if trains_domain:
             net.load_domain_state_dict(target.name, {k[4:]: v for k, v in t.items() if k.startswith("own/")})
-    with progress() as bar:
+    with events.task("train") as bar:
         result = fit(net, lambda: net.set_trainable_gate(target.name), train_loader, val_loader, recipe, dev,
                      snapshot=snapshot, restore=restore,
                      forward_kw={"domain": target.name, "use_gate": True}, checkpoint=checkpoint, progress=bar,
@@ -118,6 +133,6 @@ def gated_network(reg: Registry, gate: GateRecord, loader: NetworkLoader | None 
     target = gate.target
     versions = {v.id: v for name in gate.config["mixed_names"] for v in reg.domain_versions(name)}
     mixed = [versions[i] for i in gate.mixed]
-    net = loader.network(target.trunk, GATED_METHOD, mixed)
+    net = loader.network(target.trunk, target.method, mixed)
     net.load_gate_state_dict(target.name, reg.load_tensors(gate.artifact), [v.name for v in mixed], gate.placement)
     return net

@@ -17,15 +17,16 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from mdl.cli._output import info
-from mdl.cli.jobs.common import (data_record, learnable_params, loaders, open_data, pick_trunk, progress,
-                                 trunk_mean_std)
-from mdl.cli.jobs.train import TrainOptions, _recipe, _test_accuracy, default_name, recipe_summary, resolve_recipe
+from mdl.core.choices import JOINT_VARIANTS
 from mdl.registry.store import DomainVersionRecord, Registry, TrunkRecord, check_name
+from mdl.workflows import events
+from mdl.workflows.common import data_record, loaders, open_data, trunk_mean_std
+from mdl.workflows.events import note
+from mdl.workflows.train import (TrainOptions, build_recipe, default_name, held_out_accuracy, recipe_summary,
+                                 resolve_recipe)
+from mdl.workflows.trunks import learnable_params, pick_trunk
 
 PAPER_JOINT_LR = 0.01  # joint-train's lr under the paper's recipe (trunks trained here), as before
-
-VARIANTS = {"bn": "bn", "instance-norm": "classifier-only"}  # variant -> the method its domains are registered with
 
 
 def _names(sources: list[str], names: list[str] | None) -> list[str]:
@@ -57,7 +58,7 @@ def _base_trunk(reg: Registry, variant: str, trunk: str | None) -> TrunkRecord:
 
 
 def _network(reg: Registry, base: TrunkRecord, variant: str):
-    from mdl.cli.jobs.common import NetworkLoader
+    from mdl.workflows.common import NetworkLoader
     from mdl.core import create_network
     from mdl.core.nets.trunks.instance_norm import INSTANCE_NORM_OF, from_bn_state
 
@@ -77,14 +78,14 @@ def joint_train(reg: Registry, sources: list[str], *, names: list[str] | None, v
     from mdl.core.recipes import DEFAULT_WEIGHT_DECAY
     from mdl.core.training import DeviceSetup
 
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown --variant {variant!r}: choose {' or '.join(VARIANTS)}")
+    if variant not in JOINT_VARIANTS:
+        raise ValueError(f"unknown --variant {variant!r}: choose {' or '.join(JOINT_VARIANTS)}")
     if len(sources) < 2:
         raise ValueError(f"joint training needs at least 2 data sources, got {len(sources)}")
     names = _names(sources, names)
     reg.check_writable()
     base = _base_trunk(reg, variant, trunk)
-    method = VARIANTS[variant]
+    method = JOINT_VARIANTS[variant]
     image_size = base.config["image_size"]
     data = {n: open_data(s, n, image_size=image_size, on_bad_image=opts.on_bad_image, seed=opts.seed,
                          mean_std=trunk_mean_std(base)) for n, s in zip(names, sources)}
@@ -99,7 +100,7 @@ def joint_train(reg: Registry, sources: list[str], *, names: list[str] | None, v
     published, why = resolve_recipe(opts, base.config)
     if published.name == "mdl" and opts.lr is None:
         opts = replace(opts, lr=PAPER_JOINT_LR)
-    recipe = _recipe(opts, opts.weight_decay if opts.weight_decay is not None else DEFAULT_WEIGHT_DECAY, published)
+    recipe = build_recipe(opts, opts.weight_decay if opts.weight_decay is not None else DEFAULT_WEIGHT_DECAY, published)
     dev = DeviceSetup.resolve(opts.device)
     dev.prepare(net)
     train, val = {}, {}
@@ -116,13 +117,13 @@ def joint_train(reg: Registry, sources: list[str], *, names: list[str] | None, v
         for n in names:
             net.load_domain_state_dict(n, {k[len(n) + 1:]: v for k, v in t.items() if k.startswith(n + "/")})
 
-    info(f"Recipe {recipe.name} ({why}): {recipe_summary(recipe)}")
-    info(f"Joint training ({variant}) of {', '.join(names)} from trunk {base.label}: "
+    note(f"Recipe {recipe.name} ({why}): {recipe_summary(recipe)}")
+    note(f"Joint training ({variant}) of {', '.join(names)} from trunk {base.label}: "
          + ", ".join(f"{n} {len(dd.splits['train'])} train" for n, dd in data.items()))
-    with progress() as bar:
+    with events.task("joint") as bar:
         result = fit_joint(net, params, train, val, recipe, dev, snapshot=snapshot, restore=restore,
                            rounds=rounds, progress=bar)
-    tests = {n: _test_accuracy(net, dd, opts, dev, domain=n) for n, dd in data.items()}
+    tests = {n: held_out_accuracy(net, dd, opts, dev, domain=n) for n, dd in data.items()}
     net.cpu()
     arch = net.arch
     trunk_tensors = net.trunk_state_dict(names[0] if variant == "bn" else None)

@@ -17,9 +17,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from mdl.cli._output import info
-from mdl.cli.jobs.common import NetworkLoader, loaders, open_version_data, progress
-from mdl.cli.jobs.train import TrainOptions, _recipe, _test_accuracy
+from mdl.workflows import events
+from mdl.workflows.events import note
+from mdl.workflows.common import NetworkLoader, loaders, open_version_data
+from mdl.workflows.train import TrainOptions, build_recipe, held_out_accuracy
 from mdl.registry.store import DomainVersionRecord, Registry
 
 
@@ -30,6 +31,13 @@ class CompressResult:
     rows: list[dict]   # per domain: source version, accuracies before / after, own parameters
 
 
+def compressible(method: str) -> bool:
+    """Whether domains of ``method`` can be compressed together (the method says: ``Method.compresses_to``)."""
+    from mdl.core.nets import get_method
+
+    return get_method(method).compresses_to is not None
+
+
 def _sources(reg: Registry, names: list[str] | None) -> list[DomainVersionRecord]:
     from mdl.core.compression import SOURCE_METHOD
 
@@ -38,12 +46,12 @@ def _sources(reg: Registry, names: list[str] | None) -> list[DomainVersionRecord
         if dup:
             raise ValueError(f"domain named twice: {', '.join(dup)}")
         versions = [reg.domain_version(n) for n in names]  # unknown names: NotFound, one line
-        wrong = [f"{v.name} v{v.version} ({v.method})" for v in versions if v.method != SOURCE_METHOD]
+        wrong = [f"{v.name} v{v.version} ({v.method})" for v in versions if not compressible(v.method)]
         if wrong:
             raise ValueError(f"only {SOURCE_METHOD} versions can be compressed; the current version of "
                              f"{', '.join(wrong)} is not (train one with `mdl add-domain NAME --method {SOURCE_METHOD}`)")
     else:
-        versions = [v for v in reg.current_versions() if v.method == SOURCE_METHOD]
+        versions = [v for v in reg.current_versions() if compressible(v.method)]
     if len(versions) < 2:
         raise ValueError(f"cross-domain compression needs at least 2 {SOURCE_METHOD} domains, "
                          f"got {len(versions)}" + (f" ({', '.join(v.name for v in versions)})" if versions else ""))
@@ -74,7 +82,7 @@ def compress(reg: Registry, names: list[str] | None, *, rank_ratio: float, opts:
     report = compress_adapters(src, dst, domains, rank_ratio)
     betas = {p: b.detach().clone() for p, b in shared_factors(dst, domains[0]).items()}
     summary = report.to_dict()
-    info(f"Compressed the adapters of {', '.join(domains)} (rank ratio {rank_ratio:g}): shared beta "
+    note(f"Compressed the adapters of {', '.join(domains)} (rank ratio {rank_ratio:g}): shared beta "
          f"{report.beta_params:,} parameters, own gamma {summary['own_fraction']:.1%} of a domain's adapters, "
          f"group {report.group}")
     dev = DeviceSetup.resolve(opts.device)
@@ -87,9 +95,9 @@ def compress(reg: Registry, names: list[str] | None, *, rank_ratio: float, opts:
         before, _ = accuracy(dst, val_loader, dev, domain=v.name)
         recipe, history, best_epoch, after = None, [], 0, before
         if opts.epochs > 0:  # fine-tune gamma, the norms and the head; beta is a buffer and stays shared
-            recipe = _recipe(opts, wd, published_recipe("mdl"))  # the resnet26 trunks' recipe, at the command's lr
+            recipe = build_recipe(opts, wd, published_recipe("mdl"))  # the resnet26 trunks' recipe, at the command's lr
             torch.manual_seed(opts.seed)
-            with progress() as bar:
+            with events.task("train") as bar:
                 result = fit(dst, lambda n=v.name: dst.set_trainable(n), train_loader, val_loader, recipe, dev,
                              snapshot=lambda n=v.name: dst.domain_state_dict(n),
                              restore=lambda t, n=v.name: dst.load_domain_state_dict(n, t),
@@ -98,8 +106,8 @@ def compress(reg: Registry, names: list[str] | None, *, rank_ratio: float, opts:
         now = shared_factors(dst, v.name)
         if any(not torch.equal(now[p].cpu(), b) for p, b in betas.items()):
             raise AssertionError("the shared factors changed during fine-tuning")  # a bug, never user input
-        test_acc = _test_accuracy(dst, dd, opts, dev, domain=v.name)
-        info(f"{v.name}: {v.accuracy if v.accuracy is not None else float('nan'):.2f}% (v{v.version}, uncompressed) -> "
+        test_acc = held_out_accuracy(dst, dd, opts, dev, domain=v.name)
+        note(f"{v.name}: {v.accuracy if v.accuracy is not None else float('nan'):.2f}% (v{v.version}, uncompressed) -> "
              f"{before:.2f}% compressed -> {after:.2f}% after {opts.epochs} fine-tuning epoch(s)")
         rows.append({"name": v.name, "from_version": v.version, "accuracy_uncompressed": v.accuracy,
                      "accuracy_compressed": before, "accuracy": after, "test_accuracy": test_acc})

@@ -9,12 +9,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mdl.cli._output import info
-from mdl.cli.jobs.common import DEFAULT_TRUNK
-from mdl.cli.jobs.evaluate import score
-from mdl.cli.jobs.gates import GateOptions, gate_targets, train_gate
-from mdl.cli.jobs.train import TrainOptions, add_domain, pretrain
-from mdl.cli.jobs.trunks import import_trunk
+from mdl.workflows.events import note
+from mdl.core.choices import DEFAULT_TRUNK
+from mdl.workflows.evaluate import score
+from mdl.workflows.gates import GateOptions, gate_targets, train_gate
+from mdl.workflows.train import TrainOptions, add_domain, pretrain
+from mdl.workflows.trunks import import_trunk
 from mdl.registry.store import Registry
 
 
@@ -48,7 +48,7 @@ def run(home: Path, *, device: str = "auto", workers: int = 0, plan: DemoPlan = 
 
     start = time.perf_counter()
     reg, created = Registry.init(home)
-    info(f"Demo registry at {reg.home} ({'new' if created else 'reusing what an earlier run registered'})")
+    note(f"Demo registry at {reg.home} ({'new' if created else 'reusing what an earlier run registered'})")
     targets = [name for name in list_builtin() if name != plan.source]
 
     def opts(epochs: int) -> TrainOptions:

@@ -1,96 +1,41 @@
 """Pieces every workflow needs: networks rebuilt from registered artifacts, data opened the way a
-domain was trained, run folders for resumable training, progress bars."""
+domain was trained, run keys for resumable training."""
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
-import re
 from pathlib import Path
 from typing import Any, Iterable
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-from mdl.cli._output import err
+from mdl.workflows.events import note
 from mdl.registry.store import DomainVersionRecord, Registry, TrunkRecord
-
-# A fresh registry's trunk: ImageNet EfficientNet-Lite0, imported offline from its PyPI package on first need.
-DEFAULT_TRUNK = "timm/tf_efficientnet_lite0"
-# The method a trunk's own source domain is registered with: the first of these the trunk can host.
-SOURCE_METHODS = ("dw", "bn", "classifier-only")
-TRUNK_RE = re.compile(r"^(?P<arch>[A-Za-z0-9_./-]+?)(?::v(?P<version>\d+))?$")
-
-
-BN_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")  # buffers, not parameters
-
-
-def learnable_params(tensors: dict) -> int:
-    """Parameters in a trunk state dict (what a trunk row's num_params counts): BN statistics excluded."""
-    return sum(v.numel() for k, v in tensors.items() if not k.endswith(BN_STATISTICS))
-
-
-def source_method(arch: str, width: float = 1.0) -> str:
-    return next(m for m in SOURCE_METHODS if compatible(arch, m, width))
-
-
-def progress() -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False)
-
 
 def source_string(src: str) -> str:
     """How a data source is recorded: builtin names as given, folders as absolute paths."""
     return src if src.startswith("builtin:") else str(Path(src).expanduser().resolve())
 
 
+def check_output_file(path, option: str) -> Path:
+    """Fail before minutes of work, not after: ``path`` must name a file in an existing folder that takes
+    one. ``option``: how the user gave it (for the message)."""
+    from mdl.registry.artifacts import probe_writable
+
+    path = Path(path).expanduser()
+    folder = path.resolve().parent
+    if path.is_dir():
+        raise ValueError(f"{option} {path} is a folder; give a file name")
+    if not folder.is_dir():
+        raise ValueError(f"{option} {path}: folder {folder} does not exist")
+    try:
+        probe_writable(folder)
+    except OSError as exc:
+        raise ValueError(f"{option} {path}: cannot write in {folder} ({exc.strerror})") from None
+    return path
+
+
 def run_key(**fields: Any) -> tuple[str, dict]:
     key = json.loads(json.dumps(fields, sort_keys=True, default=str))
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16], key
-
-
-@functools.lru_cache(maxsize=None)
-def compatible(arch: str, method: str, width: float = 1.0) -> bool:
-    """Whether `method`'s rule applies to trunk `arch` (the method reads the trunk's modules)."""
-    from mdl.core.nets import method_applies
-
-    return method_applies(arch, method, width)
-
-
-def pick_trunk(reg: Registry, method: str, trunk: str | None = None) -> TrunkRecord:
-    """`--trunk ARCH[:vN]` if given, else the newest trunk the method can use. A registry without any
-    trunk gets the default ImageNet trunk imported first (offline)."""
-    from mdl.core import list_methods
-
-    if method not in list_methods():
-        raise ValueError(f"unknown method {method!r}; choose from {', '.join(list_methods())}")
-    if trunk:
-        m = TRUNK_RE.match(trunk)
-        if not m:
-            raise ValueError(f"--trunk {trunk!r}: expected ARCH or ARCH:vN (e.g. {DEFAULT_TRUNK}:v1)")
-        arch, ver = m["arch"], m["version"]
-        if arch == DEFAULT_TRUNK and ver is None and not any(t.arch == arch for t in reg.trunks()):
-            return import_default_trunk(reg)
-        record = reg.trunk(arch, int(ver) if ver else None)
-        if not compatible(record.arch, method, record.width):
-            raise ValueError(f"method {method!r} cannot use trunk {record.label}")
-        return record
-    trunks = reg.trunks()
-    for record in sorted(trunks, key=lambda t: t.created_at, reverse=True):
-        if compatible(record.arch, method, record.width):
-            return record
-    if not trunks:
-        record = import_default_trunk(reg)
-        if compatible(record.arch, method, record.width):
-            return record
-    archs = ", ".join(sorted({t.arch for t in reg.trunks()}))
-    raise ValueError(f"no registered trunk can host method {method!r} (registered: {archs})")
-
-
-def import_default_trunk(reg: Registry) -> TrunkRecord:
-    from mdl.cli.jobs.trunks import import_trunk
-
-    err.print(f"No trunk registered yet: importing the default, {DEFAULT_TRUNK} with ImageNet weights (offline).")
-    return import_trunk(reg, arch=DEFAULT_TRUNK)[0]
 
 
 class NetworkLoader:
@@ -140,7 +85,7 @@ def open_data(src: str, name: str, *, image_size: int, mean_std=None, on_bad_ima
     dd = open_source(src, name, image_size=image_size, on_bad_image=on_bad_image, seed=seed, mean_std=mean_std,
                      train_images=train_images, val_images=val_images)
     for problem in dd.problems:  # what `mdl data inspect` would point out (skipped images among them)
-        err.print(f"[yellow]warning:[/] {src}: {problem}")
+        note(f"{src}: {problem}", "warning")
     return dd
 
 

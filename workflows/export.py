@@ -1,36 +1,26 @@
-"""`mdl export`: the current versions of some domains as one ONNX or TorchScript file."""
+"""`mdl export`: the current versions of some domains as one ONNX, torch.export (.pt2) or TorchScript file."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from mdl.cli.jobs.common import NetworkLoader
-from mdl.registry.artifacts import probe_writable
 from mdl.registry.store import Registry
-
-
-def _check_out(out: Path) -> Path:
-    out = Path(out).expanduser()
-    folder = out.resolve().parent
-    if out.is_dir():
-        raise ValueError(f"--out {out} is a folder; give a file name")
-    if not folder.is_dir():
-        raise ValueError(f"--out {out}: folder {folder} does not exist")
-    try:
-        probe_writable(folder)
-    except OSError as exc:
-        raise ValueError(f"--out {out}: cannot write in {folder} ({exc.strerror})") from None
-    return out
+from mdl.workflows.common import NetworkLoader, check_output_file
+from mdl.workflows.events import note
 
 
 def export(reg: Registry, names: list[str], fmt: str, out: Path) -> dict[str, Any]:
-    from mdl.core.export import FORMATS, INPUTS, OUTPUT, export_network
+    from mdl.core.choices import DEPRECATED_FORMATS, EXPORT_FORMATS
 
-    if fmt not in FORMATS:
-        raise ValueError(f"unsupported --format {fmt!r}: choose {', '.join(FORMATS)}")
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"unsupported --format {fmt!r}: choose {', '.join(EXPORT_FORMATS)}")
+    if fmt in DEPRECATED_FORMATS:
+        note(DEPRECATED_FORMATS[fmt], "note")
+    from mdl.core.export import INPUTS, OUTPUT, export_network
+
     if len(set(names)) != len(names):
         raise ValueError(f"a domain is named twice: {' '.join(names)}")
-    out = _check_out(out)
+    out = check_output_file(out, "--out")
     versions = [reg.domain_version(n) for n in names]  # unknown or removed: a one-line NotFound
     first = versions[0]
     for v in versions[1:]:
