@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mdl.registry.store import DomainVersionRecord, Registry
+from mdl.workflows import events
 from mdl.workflows.catalog import version_row
 from mdl.workflows.common import NetworkLoader
 
@@ -84,6 +85,8 @@ class ModelPool:
             self._thread.join(timeout=10)
 
     def _poll(self) -> None:
+        # a new thread starts with no reporter: what the workflow layer says while reloading goes to the log
+        events.set_reporter(events.LoggingReporter(log))
         while not self._stop.wait(self.poll_s):
             try:
                 self.refresh()

@@ -140,6 +140,11 @@ def reporting(reporter: Reporter | None) -> Iterator[Reporter]:
         _current.reset(token)
 
 
+def set_reporter(reporter: Reporter) -> None:
+    """Make ``reporter`` the current one for the rest of this context (a worker thread's whole life)."""
+    _current.set(reporter)
+
+
 def note(message: str, level: Level = "info") -> None:
     current().note(message, level)
 

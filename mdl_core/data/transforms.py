@@ -81,7 +81,7 @@ def as_rgb(image, label: str = "image") -> torch.Tensor:
     if hasattr(image, "convert") and hasattr(image, "mode"):  # a PIL image
         image = np.asarray(image.convert("RGB")).transpose(2, 0, 1)
     if isinstance(image, np.ndarray):
-        image = torch.from_numpy(np.ascontiguousarray(image))
+        image = torch.from_numpy(np.array(image))  # a copy: PIL's buffer is read-only
     if not isinstance(image, torch.Tensor):
         raise DataError(f"cannot read {label}: a path, PIL image, bytes or tensor, not {type(image).__name__}")
     if image.ndim == 2:
