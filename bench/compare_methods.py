@@ -58,7 +58,7 @@ METHODS_RESNET = [
     ("parallel-adapter", "resnet26", "parallel-adapter"),
     ("series-adapter", "resnet26", "series-adapter"),
     ("finetune@resnet26", "resnet26", "finetune"),
-    # group rows (one job over all targets of a seed, not one cell per domain): cli.jobs.compress / cli.jobs.joint
+    # group rows (one job over all targets of a seed, not one cell per domain): mdl.workflows.compress / mdl.workflows.joint
     ("parallel-adapter-svd", "resnet26", "parallel-adapter-svd"),  # the parallel-adapter cells, compressed
     ("joint-bn", "resnet26", "bn"),                                # jointly trained trunk + per-domain BN
     ("joint-in", "resnet26_in", "classifier-only"),                # jointly trained instance-norm trunk, heads only
@@ -334,7 +334,7 @@ class Runner:
 
     def group(self, label: str, seed: int, domains: list[str]) -> None:
         """One job over every target of a seed: the seed's parallel-adapter versions compressed together
-        (cli.jobs.compress), or every target trained jointly from the trunk (cli.jobs.joint); its
+        (mdl.workflows.compress), or every target trained jointly from the trunk (mdl.workflows.joint); its
         per-domain results are stored as ordinary cells of the row."""
         from mdl.registry.store import Registry
 

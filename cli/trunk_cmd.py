@@ -8,7 +8,7 @@ import typer
 from mdl.cli._output import emit_json, info
 from mdl.cli.options import Home, Json, Threads, TrunkArch, apply_threads
 from mdl.core.choices import DEFAULT_TRUNK
-from mdl.workflows.catalog import open_registry, version_row
+from mdl.workflows.catalog import open_registry, trunk_row, version_row
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -48,8 +48,7 @@ def import_(
             raise ValueError("--reference needs the checkpoint file as WEIGHTS")
         trunk, versions = import_reference(reg, weights, layout=reference, image_size=image_size,
                                            names=[n.strip() for n in names.split(",")] if names else None, **stats)
-        result = {"trunk": trunk.label, "num_params": trunk.num_params, "provenance": trunk.provenance,
-                  "domains": [version_row(v) for v in versions]}
+        result = trunk_row(trunk, domains=[version_row(v) for v in versions])
         if as_json:
             emit_json(result)
         else:
@@ -59,8 +58,7 @@ def import_(
         raise ValueError("--names only applies with --reference")
     trunk, version = import_trunk(reg, arch=arch, path=weights, from_timm=from_timm, source_name=source_name,
                                   image_size=image_size, **stats)
-    result = {"trunk": trunk.label, "num_params": trunk.num_params, "provenance": trunk.provenance,
-              "domain": version_row(version) if version else None}
+    result = trunk_row(trunk, domain=version_row(version) if version else None)
     if as_json:
         emit_json(result)
     else:

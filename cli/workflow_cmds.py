@@ -14,7 +14,7 @@ from mdl.cli.options import (TRUNK_HELP, BadImage, BatchSize, BnStats, Data, Dev
                              Home, Json, Lr, OnBadImage, OptimizerName, Placement, RecipeLr, RecipeName, Resume,
                              ScheduleName, Seed, Split, SyncBn, Threads, TrainImages, TrainOn, ValImages, WdGroups,
                              Workers, apply_threads, check_data, train_options, value)
-from mdl.workflows.catalog import DEFAULT_HOME, open_registry, resolve_home, version_row
+from mdl.workflows.catalog import DEFAULT_HOME, gate_row, open_registry, resolve_home, version_row
 
 
 def pretrain(
@@ -121,19 +121,16 @@ def gate_train(
     """Train soft-sharing gates (filters frozen) and register them; report accuracy with and without.
     Runs unchanged under torchrun (DDP; rank 0 registers)."""
     apply_threads(threads)
-    from mdl.workflows.gates import GateOptions, gate_targets, train_gate
+    from mdl.workflows.gates import GateOptions, train_gates
 
     reg = open_registry(home)
     opts = GateOptions(placement=placement.value, epochs=epochs, lr=lr, batch_size=batch_size,
                        device=device.value, workers=workers, seed=seed, scope=scope.value)
     with distributed_session() as main:
-        targets = gate_targets(reg, domain)
-        gates = [train_gate(reg, t, opts) for t in targets]
+        gates = train_gates(reg, domain, opts)
     if not main:  # another torchrun rank: rank 0 reports
         return
-    rows = [{"name": g.target.name, "version": g.target.version, "gate": g.version, "placement": g.placement,
-             "scope": g.config.get("scope", "gate"),
-             "accuracy_with_gate": g.accuracy, "accuracy_without_gate": g.base_accuracy} for g in gates]
+    rows = [gate_row(g) for g in gates]
     if as_json:
         emit_json(rows)
         return

@@ -93,8 +93,7 @@ class Client:
 
         trunk, version = self._run(import_trunk, self._reg, arch=arch or DEFAULT_TRUNK,
                                    path=None if weights is None else str(weights), **options)
-        return {"trunk": trunk.label, "num_params": trunk.num_params, "provenance": trunk.provenance,
-                "domain": catalog.version_row(version) if version else None}
+        return catalog.trunk_row(trunk, domain=catalog.version_row(version) if version else None)
 
     def add_domain(self, name: str, data: PathLike, *, method: str = "dw", trunk: str | None = None,
                    source_domain: str | None = None, epochs: int = 10, **options) -> dict[str, Any]:
@@ -112,13 +111,10 @@ class Client:
     def gate_train(self, domains: Sequence[str] | None = None, *, epochs: int = 10, **options) -> list[dict[str, Any]]:
         """Train soft-sharing gates for ``domains`` (default: every gateable domain added to a trunk), as
         `mdl gate-train`; ``options``: mdl.workflows.gates.GateOptions' fields (placement, scope, lr, ...)."""
-        from mdl.workflows.gates import GateOptions, gate_targets, train_gate
+        from mdl.workflows.gates import GateOptions, train_gates
 
-        opts = GateOptions(epochs=epochs, **options)
-        gates = self._run(lambda: [train_gate(self._reg, t, opts) for t in gate_targets(self._reg, domains)])
-        return [{"name": g.target.name, "version": g.target.version, "gate": g.version, "placement": g.placement,
-                 "scope": g.config.get("scope", "gate"), "accuracy_with_gate": g.accuracy,
-                 "accuracy_without_gate": g.base_accuracy} for g in gates]
+        gates = self._run(train_gates, self._reg, list(domains) if domains else None, GateOptions(epochs=epochs, **options))
+        return [catalog.gate_row(g) for g in gates]
 
     # --- using what is registered ----------------------------------------------------------------------
     def predict(self, images, domain: str | Sequence[str], *, top_k: int = 5, device: str = "auto") -> list[dict[str, Any]]:

@@ -6,5 +6,6 @@
     app.py       FastAPI routes, request parsing, one-line errors
     server.py    wiring, and uvicorn on a socket bound here
 
-It joins registry and mdl.core as cli.jobs does; neither of those imports it.
+It stands on the workflow layer (mdl.workflows: networks from registered artifacts, version rows, top
+classes) as the CLI does; nothing below it imports it.
 """

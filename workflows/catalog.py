@@ -50,6 +50,19 @@ def version_row(v) -> dict[str, Any]:
     }
 
 
+def trunk_row(trunk, **more) -> dict[str, Any]:
+    """A registered trunk as `mdl trunk import --json` / `mdl pretrain --json` print it (``more``: the
+    domains registered with it)."""
+    return {"trunk": trunk.label, "num_params": trunk.num_params, "provenance": trunk.provenance, **more}
+
+
+def gate_row(gate) -> dict[str, Any]:
+    """A trained gate as `mdl gate-train --json` prints it: its target version, accuracy with and without."""
+    return {"name": gate.target.name, "version": gate.target.version, "gate": gate.version,
+            "placement": gate.placement, "scope": gate.config.get("scope", "gate"),
+            "accuracy_with_gate": gate.accuracy, "accuracy_without_gate": gate.base_accuracy}
+
+
 def list_versions(reg, include_removed: bool = False) -> list:
     """Every domain's current version (``include_removed``: every version of every domain ever
     registered, removed ones too), in registration order."""

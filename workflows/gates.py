@@ -127,6 +127,11 @@ def train_gate(reg: Registry, target: DomainVersionRecord, opts: GateOptions) ->
     return gate
 
 
+def train_gates(reg: Registry, names: list[str] | None, opts: GateOptions) -> list[GateRecord | None]:
+    """`mdl gate-train`: a gate for each target (gate_targets) in turn."""
+    return [train_gate(reg, t, opts) for t in gate_targets(reg, names)]
+
+
 def gated_network(reg: Registry, gate: GateRecord, loader: NetworkLoader | None = None):
     """The target's network with its gate and the exact domain versions the gate was trained over."""
     loader = loader or NetworkLoader(reg)
