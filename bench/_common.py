@@ -12,6 +12,14 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def show_progress() -> None:
+    """The workflows' notes and progress bars on stderr, as the CLI shows them (a workflow is silent
+    unless its caller picks a reporter)."""
+    from mdl.workflows import events
+
+    events.set_reporter(events.RichReporter())
+
+
 def machine() -> dict:
     import torch
 

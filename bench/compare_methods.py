@@ -45,7 +45,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import RESULTS, machine, mean_spread, write_json  # noqa: E402
+from bench._common import RESULTS, machine, mean_spread, show_progress, write_json  # noqa: E402
 
 LITE0 = "timm/tf_efficientnet_lite0"
 # (row label, trunk, method). The first trunk hosts the paper's method and its baselines.
@@ -763,6 +763,7 @@ def report(raw: dict, domains: list[str], out: Path, stem: str) -> None:
 
 
 def main(argv=None):
+    show_progress()
     a = parse_args(argv)
     from mdl.core.data import list_builtin
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import RESULTS, machine, mean_spread, write_json  # noqa: E402
+from bench._common import RESULTS, machine, mean_spread, show_progress, write_json  # noqa: E402
 from bench.compare_methods import LITE0, Runner, parse_args  # noqa: E402
 
 SCOPES = ("gate", "gate+domain")
@@ -121,6 +121,7 @@ def markdown(raw: dict) -> str:
 
 
 def main(argv=None) -> None:
+    show_progress()
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--report-only", action="store_true")

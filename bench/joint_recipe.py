@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import RESULTS, machine, write_json  # noqa: E402
+from bench._common import RESULTS, machine, show_progress, write_json  # noqa: E402
 
 SOURCES = ["builtin:digits", "builtin:textures"]
 CELLS = {"paper (joint-train's default: lr 0.01, step, batch statistics)": {"recipe": "mdl", "lr": 0.01},
@@ -42,6 +42,7 @@ def run(label: str, fields: dict, base: Path) -> dict:
 
 
 def main() -> None:
+    show_progress()
     with tempfile.TemporaryDirectory() as tmp:
         rows = [run(label, fields, Path(tmp)) for label, fields in CELLS.items()]
     res = {"machine": machine(), "sources": SOURCES, "rows": rows}

@@ -37,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import RESULTS, machine, write_json  # noqa: E402
+from bench._common import RESULTS, machine, show_progress, write_json  # noqa: E402
 
 FASHION = "/usr/share/datasets/fashion-mnist"
 TRUNK = "timm/tf_efficientnet_lite0"
@@ -135,6 +135,7 @@ def run_cell(c: dict, home: Path) -> dict:
 
 
 def main() -> None:
+    show_progress()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--group", choices=["recipe", "recipe-s1", "bundled", "targets", "curve"], action="append")
     ap.add_argument("--only", action="append", help="run only cells whose id contains this (repeatable: any)")
