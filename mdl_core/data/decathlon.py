@@ -15,7 +15,6 @@ from mdl.core.data.transforms import NO_FLIP_DOMAINS
 from mdl.files import atomic_write
 
 PREFIX_SCALE = 10**7
-SUFFIXES = ("_train.json", "_val.json", "_test.json", "_test_stripped.json")
 
 
 def is_decathlon(root: Path) -> bool:
