@@ -9,6 +9,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from mdl.files import atomic_write
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -41,9 +43,7 @@ def machine() -> dict:
 def write_json(path: Path, obj) -> None:
     """Atomic write (a killed run never leaves a half-written results file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(obj, indent=1, sort_keys=False) + "\n")
 
 
 def median_time(fns, repeats: int, warmup: int = 2, sync=None) -> list[float]:

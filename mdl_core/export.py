@@ -16,8 +16,6 @@ No database here: the caller (``mdl export``) gathers the domains' tensors and r
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -28,6 +26,7 @@ from torch import nn
 
 from mdl.core.choices import DEPRECATED_FORMATS as DEPRECATED
 from mdl.core.choices import EXPORT_FORMATS as FORMATS
+from mdl.files import atomic_path
 
 CHECKED_WITH = {"onnx": "onnxruntime (CPU)", "pt2": "torch.export.load", "torchscript": "torch.jit.load"}
 MAX_BATCH = 4096  # the .pt2 graph's dynamic batch range is 1..MAX_BATCH
@@ -171,10 +170,7 @@ def export_network(net: nn.Module, fmt: str, out: Path, meta: dict[str, Any], *,
     x, idx = example_inputs(d, max(check_batches[0], d), image_size, seed)
     out = Path(out)
     # torch.export.load wants a name ending in .pt2
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp.pt2" if fmt == "pt2" else ".tmp", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(out, suffix=".tmp.pt2" if fmt == "pt2" else ".tmp") as tmp:
         t0 = time.perf_counter()
         with warnings.catch_warnings():  # tracer notes on shapes fixed at trace time (channels, class counts)
             warnings.simplefilter("ignore")
@@ -192,10 +188,6 @@ def export_network(net: nn.Module, fmt: str, out: Path, meta: dict[str, Any], *,
             cx, cidx = example_inputs(d, max(b, d), image_size, seed + 1 + i)
             worst = compare(reference_logits(net, cx, cidx), run(cx, cidx), tol)
             checks.append({"batch": int(cx.shape[0]), "max_abs_diff": worst})
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return {"file": str(out), "format": fmt, "bytes": out.stat().st_size, "export_seconds": round(seconds, 2),
             "checked_against": CHECKED_WITH[fmt],
             "tolerance": tol, "checks": checks}

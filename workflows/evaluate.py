@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
+from mdl.files import atomic_write
 from mdl.registry.store import DomainVersionRecord, Registry
 from mdl.workflows.common import NetworkLoader, check_output_file, open_version_data
 from mdl.workflows.events import note
@@ -114,13 +114,11 @@ def score(reg: Registry, *, split: str = "val", results: Path | None = None, dev
         report["results"] = {"file": str(results), "predictions": len(submission), "domains": in_submission,
                              "trained_on": {r["name"]: r.get("trained_on") for r in rows if r["name"] in in_submission},
                              "missing_challenge_domains": [d for d in challenge if d not in official]}
-        tmp = results.with_name(f".{results.name}.tmp")
-        tmp.write_text(json.dumps(submission))
-        os.replace(tmp, results)
+        atomic_write(results, json.dumps(submission))
         # The challenge's file is a bare list; what produced it (versions, splits trained on) goes beside it.
         by_row = {r["name"]: r for r in rows}
         side = results.with_name(f"{results.name}.mdl.json")
-        side.write_text(json.dumps({"split": split, "results": results.name, "domains": {
+        atomic_write(side, json.dumps({"split": split, "results": results.name, "domains": {
             n: {"version": by_row[n]["version"], "method": by_row[n]["method"], "trained_on": by_row[n]["trained_on"]}
             for n in in_submission}}, indent=1))
         report["results"]["provenance_file"] = str(side)

@@ -15,8 +15,9 @@ import re
 from pathlib import Path
 
 from mdl.core.choices import BN_STATISTICS, DEFAULT_TRUNK
+from mdl.files import sha256_file
+from mdl.text import first_line
 from mdl.workflows.events import note
-from mdl.registry.artifacts import sha256_file
 from mdl.registry.store import DomainVersionRecord, Registry, TrunkRecord
 
 # The method a trunk's own source domain is registered with: the first of these the trunk can host.
@@ -99,7 +100,7 @@ def _weights(arch: str, path: str | None, from_timm: bool) -> tuple[dict, dict |
             model = timm.create_model(arch[len(TIMM_PREFIX):], pretrained=True)
         except Exception as exc:  # noqa: BLE001 - offline, unknown tag, hub errors: say which, in one line
             raise ValueError(f"timm could not fetch pretrained weights for {arch}: "
-                             f"{(str(exc).splitlines() or [type(exc).__name__])[0][:160]}") from None
+                             f"{first_line(exc, 160)}") from None
         cfg = dict(model.pretrained_cfg)
         pretrained.check_values(Path(arch), model.state_dict())
         return model.state_dict(), cfg, {"source": f"timm pretrained ({cfg.get('hf_hub_id') or cfg.get('url')})",
@@ -221,7 +222,7 @@ def import_reference(reg: Registry, path: str, *, layout: str, names: list[str] 
     try:
         load_reference(net, ckpt, names)  # strict: nothing registered unless every tensor found its place
     except (ValueError, RuntimeError) as exc:  # RuntimeError: load_state_dict's shape mismatch, made one line
-        raise ValueError(f"{file}: {(str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]}") from None
+        raise ValueError(f"{file}: {first_line(exc, 300)}") from None
     trunk_tensors = net.trunk_state_dict(names[0])
     num_params = learnable_params(trunk_tensors)
     provenance = {"source": f"file {file.resolve()}", "weights_sha256": sha256_file(file), "library": "reference",

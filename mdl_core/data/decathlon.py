@@ -12,9 +12,9 @@ from pathlib import Path
 
 from mdl.core.data.errors import DataError
 from mdl.core.data.transforms import NO_FLIP_DOMAINS
+from mdl.files import atomic_write
 
 PREFIX_SCALE = 10**7
-SUFFIXES = ("_train.json", "_val.json", "_test.json", "_test_stripped.json")
 
 
 def is_decathlon(root: Path) -> bool:
@@ -178,8 +178,6 @@ def write_decathlon(out: Path, name: str, prefix: int, classes: list[str], flip:
         doc = {"info": {"description": f"mdl builtin domain {name}", "mdl": {"flip": bool(flip)}},
                "images": imgs, "annotations": anns, "categories": cats}
         path = out / "annotations" / f"{name}_{split}.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(doc))
-        tmp.replace(path)
+        atomic_write(path, json.dumps(doc))
         written[split] = len(imgs)
     return written

@@ -231,7 +231,3 @@ def channel_stats(images) -> tuple[tuple[float, float, float], tuple[float, floa
     var = (s2 / n - mean * mean).clamp_min(0)
     std = var.sqrt().clamp_min(1e-3)
     return tuple(round(float(v), 6) for v in mean), tuple(round(float(v), 6) for v in std)
-
-
-def _isfinite3(t) -> bool:
-    return len(t) == 3 and all(isinstance(v, (int, float)) and math.isfinite(v) for v in t)

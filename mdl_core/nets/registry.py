@@ -39,13 +39,6 @@ def list_methods() -> list[str]:
     return sorted(_METHODS)
 
 
-def get_trunk(name: str) -> Callable:
-    """Factory of a registered trunk or of ``timm/<model>``: factory(width=1.0, num_classes=1000)."""
-    from .trunks import trunk_factory
-
-    return trunk_factory(name)
-
-
 def get_method(name: str) -> type:
     if name not in _METHODS:
         raise ValueError(f"unknown method {name!r}; valid: {', '.join(list_methods())}")

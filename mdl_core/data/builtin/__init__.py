@@ -7,7 +7,6 @@ allow_pickle=False) plus a JSON index with labels, splits, classes and the array
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import time
@@ -19,6 +18,7 @@ from typing import Callable
 import numpy as np
 
 from mdl.core.data.errors import DataError
+from mdl.files import atomic_path, atomic_write, sha256_file
 
 CACHE_VERSION = "v4"  # bump whenever a generator changes its output
 BUILTIN_PREFIX_BASE = 100  # above the decathlon's prefixes 1-10
@@ -96,24 +96,6 @@ def generate(name: str, seed: int = 0, scale: float = 1.0):
     return np.ascontiguousarray(imgs, dtype=np.uint8), labels.astype(np.int64), split.astype(np.int8), list(classes)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def load_builtin(name: str, seed: int = 0, *, scale: float | None = None, log: Callable[[str], None] | None = None):
     """The cached domain (generated on first use). Returns a dict: images (uint8 [N,S,S,3]), labels, split
     (0 train / 1 val / 2 test), classes, flip, prefix, sha256, generated_s (None when read from cache)."""
@@ -126,7 +108,7 @@ def load_builtin(name: str, seed: int = 0, *, scale: float | None = None, log: C
     if npy.is_file() and idx.is_file():
         try:
             meta = json.loads(idx.read_text())
-            if meta.get("sha256") != _sha256(npy):
+            if meta.get("sha256") != sha256_file(npy):
                 meta = None
         except (OSError, ValueError):
             meta = None
@@ -138,11 +120,12 @@ def load_builtin(name: str, seed: int = 0, *, scale: float | None = None, log: C
         imgs, labels, split, classes = generate(name, seed, scale)
         generated_s = time.perf_counter() - t0
         d.mkdir(parents=True, exist_ok=True)
-        _atomic_write(npy, lambda p: _save_npy(p, imgs))
+        with atomic_path(npy) as tmp, open(tmp, "wb") as f:  # a file object: np.save would add ".npy" to a name
+            np.save(f, imgs, allow_pickle=False)
         meta = {"name": name, "seed": seed, "scale": scale, "classes": classes, "labels": labels.tolist(),
                 "split": split.tolist(), "flip": spec.flip, "prefix": spec.prefix, "shape": list(imgs.shape),
-                "sha256": _sha256(npy), "generated_s": round(generated_s, 2)}
-        _atomic_write(idx, lambda p: p.write_text(json.dumps(meta)))
+                "sha256": sha256_file(npy), "generated_s": round(generated_s, 2)}
+        atomic_write(idx, json.dumps(meta))
     images = np.load(npy, allow_pickle=False)
     if list(images.shape) != meta["shape"] or images.dtype != np.uint8:
         raise DataError(f"builtin cache {npy} does not match its index; delete it to regenerate")
@@ -150,13 +133,6 @@ def load_builtin(name: str, seed: int = 0, *, scale: float | None = None, log: C
             "split": np.asarray(meta["split"], np.int8), "classes": meta["classes"], "flip": meta["flip"],
             "prefix": spec.prefix, "sha256": meta["sha256"], "generated_s": generated_s, "seed": seed,
             "scale": scale, "npy": str(npy)}
-
-
-def _save_npy(path: Path, arr: np.ndarray) -> None:
-    with open(path, "wb") as f:
-        np.save(f, arr, allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 SPLIT_NAMES = ("train", "val", "test")
