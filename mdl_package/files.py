@@ -45,6 +45,7 @@ def atomic_path(path: PathLike, *, suffix: str = ".tmp", prefix: str | None = No
     os.close(fd)
     tmp = Path(name)
     try:
+        os.chmod(tmp, _new_file_mode())  # mkstemp makes 0600; the file gets what open() would have given it
         yield tmp
         if fsync:
             with open(tmp, "rb+") as fh:
@@ -65,6 +66,19 @@ def atomic_write(path: PathLike, data: bytes | str, *, suffix: str = ".tmp", pre
     with atomic_path(path, suffix=suffix, prefix=prefix, dir=dir, fsync=fsync) as tmp:
         with open(tmp, "wb") as fh:
             fh.write(raw)
+
+
+def _new_file_mode() -> int:
+    """0666 less the process umask: the mode a plain open(path, "w") creates a file with."""
+    try:  # Linux says the umask without changing it
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0)  # elsewhere: read it by setting it, and put it straight back
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def fsync_dir(folder: PathLike) -> None:

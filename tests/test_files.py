@@ -83,3 +83,15 @@ def test_first_line():
     assert first_line(ValueError("\n  bad header\nstack trace ...\n")) == "bad header"
     assert first_line(RuntimeError("x" * 500), 200) == "x" * 200
     assert first_line(KeyError()) == "KeyError" and first_line(OSError("  \n ")) == "OSError"
+
+
+def test_a_written_file_gets_the_mode_a_plain_open_gives(tmp_path):
+    """mkstemp's temp files are 0600; a results file or an export must be as readable as open() makes it."""
+    old = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "results.json", "[]")
+        (tmp_path / "plain.json").write_text("[]")
+    finally:
+        os.umask(old)
+    mode = (tmp_path / "results.json").stat().st_mode & 0o777
+    assert mode == (tmp_path / "plain.json").stat().st_mode & 0o777 == 0o644
