@@ -12,7 +12,7 @@ from mdl.core import create_network
 from mdl.core.joint import RoundRobin, fit_joint, joint_parameters, shared_parameters
 from mdl.core.nets.trunks.instance_norm import from_bn_state
 from mdl.core.recipes import Recipe
-from mdl.core.training import DeviceSetup
+from mdl.core.training import DeviceSetup, accuracy
 
 ARCH, WIDTH = "resnet26", 0.125
 
@@ -73,14 +73,17 @@ def test_joint_training_lowers_every_domains_loss():
     params = joint_parameters(net, list(domains))
     dev = DeviceSetup(torch.device("cpu"), amp=False, channels_last=False)
     recipe = Recipe(epochs=3, lr=0.05, weight_decay=0.0, batch_size=16, warmup=False)
-    state = {}
-    result = fit_joint(net, params, train, val, recipe, dev, snapshot=lambda: {k: v for k, v in state.items()},
-                       restore=lambda t: None)
+    # the real snapshot/restore (the whole network), so the end state is the best epoch's (test_best_epoch.py)
+    result = fit_joint(net, params, train, val, recipe, dev, snapshot=net.state_dict, restore=net.load_state_dict)
     losses = {d: [h["domains"][d]["train_loss"] for h in result.history] for d in domains}
     for d in domains:
         assert losses[d][-1] < 0.8 * losses[d][0], (d, losses[d])
     assert all(not torch.equal(b, p) for b, p in zip(shared_before, shared_parameters(net)))
     assert set(result.best_accuracy) == set(domains)
+    means = [h["val_mean_accuracy"] for h in result.history]
+    assert result.best_mean_accuracy == max(means) == means[result.best_epoch - 1]
+    # the network it leaves measures what the best epoch measured
+    assert {d: accuracy(net, val[d], dev, domain=d)[0] for d in domains} == result.best_accuracy
 
 
 def test_a_step_of_one_domain_leaves_the_others_parts_alone():

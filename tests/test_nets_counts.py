@@ -1,5 +1,8 @@
-"""Exact parameter counts at full width, with the arithmetic spelled out."""
+"""Exact parameter counts of the real full-width networks, against two independent sources: the
+arithmetic spelled out below, and the test doubles of the papers' reference networks (_reference_nets.py,
+written from the reference code; a second task there adds exactly one task's tensors)."""
 import pytest
+from _reference_nets import GuoResNet26, RebuffiResNet26
 
 from mdl.core import create_network, list_methods, list_trunks
 
@@ -33,12 +36,36 @@ def head(c, k):
     return c * k + k
 
 
-def test_arithmetic_matches_design_numbers():
-    assert (STEM_DW_DW, STEM_DW_PW, DEPTHWISE, POINTWISE, BN_DW) == (27, 192, 60_480, 2_580_480, 15_488)
-    assert TRUNK_DW == 2_656_667 and TRUNK_DW + SOURCE_HEAD == 3_169_667
-    assert DW_DOMAIN == 338_139
-    assert CONV_R == 5_806_944 and BN_R == 7_744 and PARALLEL == 645_216 and SERIES == 696_384
-    assert TRUNK_DW_V0 == 2_657_152 and DW_DOMAIN_V0 == 337_088
+def learnable(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def reference_split(make, c: int) -> tuple[int, int]:
+    """(shared, one task's part without its head) of a reference double, measured: the part is what a
+    second task adds, the rest of a one-task network minus its head is shared."""
+    one, two = learnable(make([10])), learnable(make([10, 47]))
+    per_task = two - one - head(c, 47)
+    return one - per_task - head(c, 10), per_task
+
+
+# Guo's code shares the last pointwise conv as a module but trains it per dataset; mdl's dw keeps it per domain
+GUO_LAST_PW = GuoResNet26([10]).blocks[2][3].SeparableConv2d2.pointwise.weight.numel()
+
+
+@pytest.mark.parametrize("arch,method,make,moved,shared,per_domain", [
+    ("resnet26_dw", "dw", GuoResNet26, GUO_LAST_PW, STEM_DW_PW + POINTWISE - LAST_PW, DW_DOMAIN),
+    ("resnet26", "bn", lambda k: RebuffiResNet26(k, mode="bn"), 0, CONV_R, BN_R),
+    ("resnet26", "parallel-adapter", lambda k: RebuffiResNet26(k, mode="parallel"), 0, CONV_R, BN_R + PARALLEL),
+    ("resnet26", "series-adapter", lambda k: RebuffiResNet26(k, mode="series"), 0, CONV_R, BN_R + SERIES),
+], ids=["guo-dw", "rebuffi-bn", "rebuffi-parallel", "rebuffi-series"])
+def test_counts_equal_the_reference_networks(arch, method, make, moved, shared, per_domain):
+    c = 512 if arch == "resnet26_dw" else 256
+    ref_shared, ref_task = reference_split(make, c)
+    # the arithmetic and the reference agree, so a mismatch below is the network's
+    assert (ref_shared - moved, ref_task + moved) == (shared, per_domain)
+    counts = create_network(arch, method=method, domains={"svhn": 10, "dtd": 47}).parameter_counts()
+    assert counts["shared"] == ref_shared - moved
+    assert counts["domains"] == {"svhn": ref_task + moved + head(c, 10), "dtd": ref_task + moved + head(c, 47)}
 
 
 def test_registries():
@@ -76,14 +103,14 @@ def test_dw_per_domain_fraction():
     """Paper: ~0.3M per domain + head, ~10% of the ~3.0M network. The 3.0M counts the full pretrained
     network INCLUDING its 1000-class source head (2,656,667 + 513,000 = 3,169,667); against that,
     338,139 is 10.7%. Against the headless trunk (2,656,667) it would be 12.7%, so the ratio is defined
-    against the full pretrained network."""
-    assert DW_DOMAIN / (TRUNK_DW + SOURCE_HEAD) <= 0.12
-    assert abs(DW_DOMAIN / (TRUNK_DW + SOURCE_HEAD) - 0.1067) < 1e-3
-    net = create_network("resnet26_dw", method="dw", domains={"imagenet12": 1000})
-    counts = net.parameter_counts()
+    against the full pretrained network. Measured on the real network."""
+    counts = create_network("resnet26_dw", method="dw", domains={"imagenet12": 1000}).parameter_counts()
     total = counts["shared"] + counts["domains"]["imagenet12"]
-    assert total == TRUNK_DW + SOURCE_HEAD
-    assert counts["domains"]["imagenet12"] - SOURCE_HEAD == DW_DOMAIN
+    own = counts["domains"]["imagenet12"] - SOURCE_HEAD
+    assert total == TRUNK_DW + SOURCE_HEAD == learnable(GuoResNet26([1000]))  # the reference's ImageNet network
+    assert own == DW_DOMAIN
+    assert 0.25e6 < own < 0.35e6 and 2.9e6 < total < 3.3e6  # the paper's ~0.3M and ~3.0M
+    assert 0.09 < own / total <= 0.12  # ~10%, not the 12.7% of a headless denominator
 
 
 def test_width_multiplier_shrinks():

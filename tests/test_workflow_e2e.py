@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -61,20 +62,27 @@ def chain(tmp_path_factory, trees) -> Path:
     return home
 
 
-def test_list_shows_versions_and_params(chain):
-    rows = {r["name"]: r for r in invoke("list", "--json", home=chain).json()}
+@pytest.fixture
+def own_chain(tmp_path, chain) -> Path:
+    """This test's own copy of the chain: what a test writes (a version, a recorded evaluation, a failed
+    run's leftovers) never reaches another test, whatever order they run in. The chain is built once."""
+    return Path(shutil.copytree(chain, tmp_path / "home"))
+
+
+def test_list_shows_versions_and_params(own_chain):
+    rows = {r["name"]: r for r in invoke("list", "--json", home=own_chain).json()}
     assert set(rows) == {"src", "alpha", "beta"}
     assert rows["alpha"]["version"] == 2 and rows["beta"]["version"] == 1
     assert rows["alpha"]["method"] == "dw" and rows["alpha"]["num_classes"] == 3
     assert 0 < rows["alpha"]["domain_params"] and 0 <= rows["alpha"]["accuracy"] <= 100
-    shown = invoke("show", "alpha", "--json", home=chain).json()
+    shown = invoke("show", "alpha", "--json", home=own_chain).json()
     assert [v["version"] for v in shown["versions"]] == [1, 2]
     assert shown["versions"][1]["gate"]["placement"] == "late"
     assert len(shown["versions"][1]["config"]["history"]) == 2
 
 
-def test_score_json(chain):
-    res = invoke("score", "--json", "--device", "cpu", home=chain)
+def test_score_json(own_chain):
+    res = invoke("score", "--json", "--device", "cpu", home=own_chain)
     assert res.code == 0, res.stderr
     report = res.json()
     assert {d["name"] for d in report["domains"]} == {"src", "alpha", "beta"}
@@ -84,10 +92,11 @@ def test_score_json(chain):
     assert report["total"] == 0
 
 
-def test_predict_single_and_mixed(chain, trees):
+def test_predict_single_and_mixed(own_chain, trees):
     img_a = str(next((trees["alpha"] / "class_01").glob("*.png")))
     img_b = str(next((trees["beta"] / "class_02").glob("*.png")))
-    res = invoke("predict", "alpha", img_a, f"beta@{img_b}", "--top-k", "2", "--json", "--device", "cpu", home=chain)
+    res = invoke("predict", "alpha", img_a, f"beta@{img_b}", "--top-k", "2", "--json", "--device", "cpu",
+                 home=own_chain)
     assert res.code == 0, res.stderr
     rows = res.json()
     assert [r["domain"] for r in rows] == ["alpha", "beta"]
@@ -95,19 +104,18 @@ def test_predict_single_and_mixed(chain, trees):
     assert rows[0]["top"][0]["class"].startswith("class_")
 
 
-def test_finetune_run_becomes_reference_for_score(chain, trees):
+def test_finetune_run_becomes_reference_for_score(own_chain, trees):
     res = invoke("add-domain", "beta", "--data", str(trees["beta"]), "--method", "finetune", "--epochs", "1",
-                  *TRAIN, home=chain)
+                  *TRAIN, home=own_chain)
     assert res.code == 0, res.stderr
-    report = invoke("score", "--json", "--device", "cpu", home=chain).json()
+    report = invoke("score", "--json", "--device", "cpu", home=own_chain).json()
     beta = next(d for d in report["domains"] if d["name"] == "beta")
     assert beta["method"] == "finetune" and beta["score_basis"] == "recorded reference"
     assert beta["score"] is not None and report["total"] == pytest.approx(beta["score"])
 
 
-def test_killed_add_domain_registers_nothing_and_resume_finishes(tmp_path, trees, chain):
-    home = tmp_path / "home"
-    subprocess.run(["cp", "-r", str(chain), str(home)], check=True)
+def test_killed_add_domain_registers_nothing_and_resume_finishes(tmp_path, trees, own_chain):
+    home = own_chain
     before = invoke("list", "--json", home=home).json()
     args = [sys.executable, "-m", "mdl", "add-domain", "gamma", "--data", str(trees["src"]), "--epochs", "4",
             "--batch-size", "16", "--device", "cpu", "--home", str(home)]
@@ -148,41 +156,40 @@ def test_killed_add_domain_registers_nothing_and_resume_finishes(tmp_path, trees
     (["add-domain", "x", "--data", "{alpha}", "--lr", "nan", "--epochs", "1", "--device", "cpu"], "must be finite"),
     (["add-domain", "x", "--data", "{alpha}", "--trunk", "resnet26_dw:vX", "--epochs", "1"], "expected ARCH or ARCH:vN"),
 ])
-def test_bad_input_one_line_exit_1_registry_unchanged(chain, trees, args, message):
+def test_bad_input_one_line_exit_1_registry_unchanged(own_chain, trees, args, message):
     image = str(next((trees["alpha"] / "class_00").glob("*.png")))
     args = [a.format(alpha=trees["alpha"], image=image) for a in args]
-    before = tree_digest(chain)
-    res = invoke(*args, home=chain)
+    before = tree_digest(own_chain)
+    res = invoke(*args, home=own_chain)
     lines = res.stderr.strip().splitlines()
     assert res.code == 1 and len(lines) == 1 and message in lines[0] and "Traceback" not in res.stderr, res.stderr
-    assert tree_digest(chain) == before
+    assert tree_digest(own_chain) == before
 
 
-def test_diverged_training_stops_and_registers_nothing(chain, trees):
+def test_diverged_training_stops_and_registers_nothing(own_chain, trees):
     """A loss that becomes NaN/inf stops the run with one error line (after its progress lines) and
     registers nothing, instead of a NaN adapter as the current version."""
-    before = tree_digest(chain)
+    before = tree_digest(own_chain)
     res = invoke("add-domain", "x", "--data", str(trees["alpha"]), "--lr", "1e30", "--epochs", "2",
-                 "--batch-size", "16", "--device", "cpu", home=chain)
+                 "--batch-size", "16", "--device", "cpu", home=own_chain)
     errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
     assert res.code == 1 and len(errors) == 1 and "training diverged" in errors[0] and "Traceback" not in res.stderr
-    assert tree_digest(chain) == before
+    assert tree_digest(own_chain) == before
 
 
-def test_usage_errors_exit_2(chain):
-    before = tree_digest(chain)
-    seed = invoke("add-domain", "x", "--data", "y", "--seed", "-1", home=chain)
+def test_usage_errors_exit_2(own_chain):
+    before = tree_digest(own_chain)
+    seed = invoke("add-domain", "x", "--data", "y", "--seed", "-1", home=own_chain)
     assert seed.code == 2 and "--seed" in seed.stderr
-    assert invoke("add-domain", "x", "--data", "y", "--epochs", "0", home=chain).code == 2
-    assert invoke("gate-train", "--placement", "sideways", home=chain).code == 2
-    assert tree_digest(chain) == before
+    assert invoke("add-domain", "x", "--data", "y", "--epochs", "0", home=own_chain).code == 2
+    assert invoke("gate-train", "--placement", "sideways", home=own_chain).code == 2
+    assert tree_digest(own_chain) == before
 
 
-def test_decathlon_domain_scored_officially_and_results_file(tmp_path, chain):
+def test_decathlon_domain_scored_officially_and_results_file(tmp_path, own_chain):
     from _data_helpers import decathlon
 
-    home = tmp_path / "home"
-    subprocess.run(["cp", "-r", str(chain), str(home)], check=True)
+    home = own_chain
     root = tmp_path / "decathlon"
     truth = decathlon(root, "svhn", prefix=8, n_classes=3, sizes=(20, 6, 5), stripped=True)
     res = invoke("add-domain", "svhn", "--data", str(root), "--epochs", "1", *TRAIN, home=home)
@@ -214,12 +221,11 @@ def test_decathlon_domain_scored_officially_and_results_file(tmp_path, chain):
     assert bad.code == 1 and f"ids {first_test}" in bad.stderr and tree_digest(home) == before
 
 
-def test_decathlon_domain_under_another_name(tmp_path, chain):
+def test_decathlon_domain_under_another_name(tmp_path, own_chain):
     """`add-domain NAME --domain D` reads domain D of a decathlon folder; it is still scored officially."""
     from _data_helpers import decathlon
 
-    home = tmp_path / "home"
-    subprocess.run(["cp", "-r", str(chain), str(home)], check=True)
+    home = own_chain
     root = tmp_path / "decathlon"
     decathlon(root, "gtsrb", prefix=5, n_classes=3, sizes=(20, 6, 5))
     res = invoke("add-domain", "signs-de", "--data", str(root), "--domain", "gtsrb", "--epochs", "1", *TRAIN,
@@ -232,12 +238,11 @@ def test_decathlon_domain_under_another_name(tmp_path, chain):
     assert bad.code == 1 and "nope" in bad.stderr
 
 
-def test_add_domain_shows_what_data_inspect_finds(tmp_path, chain):
+def test_add_domain_shows_what_data_inspect_finds(tmp_path, own_chain):
     """An image annotated with two different labels (the last wins) is said, not silently trained on."""
     from _data_helpers import decathlon
 
-    home = tmp_path / "home"
-    subprocess.run(["cp", "-r", str(chain), str(home)], check=True)
+    home = own_chain
     root = tmp_path / "decathlon"
     decathlon(root, "dtd", prefix=4, n_classes=3, sizes=(10, 4, 4))
     train = root / "annotations" / "dtd_train.json"
