@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from mdl.cli._output import CliError
 from mdl.core import choices, recipes
 from mdl.core.choices import DEFAULT_TRUNK
 from mdl.workflows.catalog import HOME_ENV
@@ -69,8 +70,6 @@ ValImages = Annotated[Optional[int], typer.Option("--val-images", min=1, help=SU
 
 def check_data(src: str) -> None:
     """A wrong path fails at once, before torch and the registry load (seconds of start-up)."""
-    from mdl.cli._output import CliError
-
     if not src.startswith("builtin:") and not Path(src).expanduser().exists():
         raise CliError(f"data source not found: {src}", hint="give a folder or builtin:NAME")
 

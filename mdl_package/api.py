@@ -143,8 +143,8 @@ class Client:
     def network(self, domains: str | Iterable[str] | None = None):
         """The multi-domain network (a MultiDomainNet, an nn.Module in eval mode on the CPU) holding the
         current versions of ``domains`` (default: every current domain; they must share one trunk and
-        method). ``net(x, domain=name)``, or a list of names for a mixed batch; x is preprocessed as each
-        domain's ``show(name)["versions"][-1]["data"]`` records (mean, std, image_size, crop)."""
+        method). ``net(x, domain=name)``, or a list of names for a mixed batch; x is preprocessed as the
+        current version's ``data`` in ``show(name)`` records (mean, std, image_size, crop)."""
         from mdl.workflows.common import NetworkLoader
         from mdl.workflows.evaluate import current_of
 
