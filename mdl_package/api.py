@@ -145,17 +145,14 @@ class Client:
         current versions of ``domains`` (default: every current domain; they must share one trunk and
         method). ``net(x, domain=name)``, or a list of names for a mixed batch; x is preprocessed as the
         current version's ``data`` in ``show(name)`` records (mean, std, image_size, crop)."""
-        from mdl.workflows.common import NetworkLoader
-        from mdl.workflows.evaluate import current_of
+        from mdl.workflows.evaluate import current_of, network_of
 
         if isinstance(domains, str):
             domains = [domains]
         names = list(domains) if domains is not None else [v.name for v in self._reg.current_versions()]
         if not names:
             raise ValueError(f"no domains registered in {self.home}")
-        versions = current_of(self._reg, names)
-        first = next(iter(versions.values()))
-        return NetworkLoader(self._reg).network(first.trunk, first.method, versions.values()).eval()
+        return network_of(self._reg, current_of(self._reg, names)).eval()
 
     def export(self, domains: Sequence[str], out: PathLike, fmt: str = "onnx") -> dict[str, Any]:
         """Write ``domains`` as one network file (onnx, pt2 or torchscript), checked against PyTorch (`mdl export`)."""

@@ -7,8 +7,9 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
-from mdl.workflows.events import note
 from mdl.registry.store import DomainVersionRecord, Registry, TrunkRecord
+from mdl.workflows.events import note
+
 
 def source_string(src: str) -> str:
     """How a data source is recorded: builtin names as given, folders as absolute paths."""

@@ -41,8 +41,10 @@ def score(reg: Registry, *, split: str = "val", results: Path | None = None, dev
     from mdl.core.scoring import decathlon_facts, score_domains
     from mdl.core.training import DeviceSetup, predict_logits
 
-    if split not in ("val", "test"):
-        raise ValueError(f"unknown --split {split!r}: choose val or test")
+    from mdl.core.choices import SCORE_SPLITS
+
+    if split not in SCORE_SPLITS:
+        raise ValueError(f"unknown --split {split!r}: choose {' or '.join(SCORE_SPLITS)}")
     if results is not None:
         results = check_output_file(results, "--results")
     versions = reg.current_versions()
@@ -163,6 +165,12 @@ def current_of(reg: Registry, names) -> dict[str, DomainVersionRecord]:
     return versions
 
 
+def network_of(reg: Registry, versions: dict[str, DomainVersionRecord]):
+    """The one network holding ``versions`` (as current_of gives them)."""
+    first = next(iter(versions.values()))
+    return NetworkLoader(reg).network(first.trunk, first.method, versions.values())
+
+
 def classify(reg: Registry, items: list[tuple[str, Any]], *, top_k: int = 5, device: str = "auto",
              labels: list[str] | None = None, versions: dict | None = None) -> list[dict[str, Any]]:
     """Classify ``items``, (domain, image) pairs; an image is a path, a PIL image, bytes or a pixel
@@ -179,8 +187,7 @@ def classify(reg: Registry, items: list[tuple[str, Any]], *, top_k: int = 5, dev
         raise ValueError("no images given")
     labels = labels or [f"image {i}" for i in range(len(items))]
     versions = versions or current_of(reg, [name for name, _ in items])
-    net = NetworkLoader(reg).network(next(iter(versions.values())).trunk, next(iter(versions.values())).method,
-                                     versions.values())
+    net = network_of(reg, versions)
     batches = []
     for (name, image), label in zip(items, labels):
         batches.append(preprocess([as_rgb(image, label)], versions[name].data))
