@@ -69,13 +69,14 @@ SIZES = {  # a domain with 0, 1 and many samples; sorted, reversed, interleaved
 }
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize("arch", ["resnet26_dw", "timm/mobilenetv3_large_100", "timm/tf_efficientnet_lite0",
                                   "timm/convnext_atto"])
 @pytest.mark.parametrize("case", list(SIZES))
-def test_mixed_equals_per_domain_for_any_counts_and_order(arch, case):
+def test_mixed_equals_per_domain_for_any_counts_and_order(arch, case, layout):
     names = SIZES[case]
-    net = make(arch, "dw")
-    x = torch.randn(len(names), 3, 32, 32)
+    net = make(arch, "dw").to(memory_format=layout)  # channels_last: the 1x1 per-domain convs run as matmuls
+    x = torch.randn(len(names), 3, 32, 32).contiguous(memory_format=layout)
     with torch.no_grad():
         out = net(x, domain=names)
         idx = torch.tensor([list(net.domains).index(n) for n in names])
@@ -145,3 +146,76 @@ def test_stack_cache_sees_in_place_updates():
         net.domain_tensors("b")["s1.b0.dw1.weight"].mul_(2.0)
         net.domain_tensors("c")["s2.b1.bn2.running_var"].mul_(3.0)
         check_against_single(net, x, net(x, domain=NAMES))
+
+
+def _replace_parameter(net):
+    conv = net.wrappers["s1.b0.dw1"].domains["b"]
+    conv.weight = torch.nn.Parameter(conv.weight.detach() * 2.0)
+
+
+def _load_domain(net):
+    net.load_domain_state_dict("c", {k: v * 1.5 for k, v in net.domain_state_dict("c").items()})
+
+
+def _train_step(net):
+    net.train()
+    params = net.set_trainable("a")
+    net(torch.randn(4, 3, 16, 16), domain="a").logsumexp(1).sum().backward()
+    torch.optim.SGD(params, lr=0.5).step()
+    net.eval()
+
+
+@pytest.mark.parametrize("change", [_replace_parameter, _load_domain, _train_step,
+                                    lambda net: net.to(torch.float64), lambda net: net.add_domain("d", 4)],
+                         ids=["parameter-replaced", "load-domain", "train-step", "to-float64", "add-domain"])
+def test_stacks_see_every_change_between_forwards(change):
+    """The stacks are checked once per forward (stacks.Stacks.refresh): whatever changes a domain's tensors
+    between two mixed forwards shows in the second (a stale stack gives another domain's or the old
+    values, or fails on the new dtype or domain)."""
+    net = make("resnet26_dw", "dw")
+    x = torch.randn(len(NAMES) + 1, 3, 16, 16)
+    with torch.no_grad():
+        net(x[:-1], domain=NAMES)  # fills the stacks
+    change(net)
+    names = NAMES + ["d" if "d" in net.domains else "a"]
+    x = x.to(next(net.parameters()).dtype)
+    with torch.no_grad():
+        out = net(x, domain=names)
+        for i, d in enumerate(names):
+            ref = net(x[i:i + 1], domain=d)
+            torch.testing.assert_close(out[i:i + 1, :net.domains[d]], ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+
+
+def test_one_gather_for_every_norm_and_stacks_built_once(monkeypatch):
+    """A mixed eval forward gathers its samples' norm affines with ONE index_select (not two per norm),
+    and the stacked tables are built on the first forward only, until a tensor changes."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from mdl.core.nets import stacks
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    builds = []
+    real = stacks.Stacks._affine_table
+    monkeypatch.setattr(stacks.Stacks, "_affine_table", lambda self: builds.append(1) or real(self))
+    net = make("resnet26_dw", "dw")
+    x = torch.randn(len(NAMES), 3, 16, 16)
+    depthwise = sum(isinstance(w, wrappers.PerDomainDepthwise) for w in net.wrappers.values())
+    with torch.no_grad():
+        for _ in range(3):
+            with Count() as count:
+                net(x, domain=NAMES)
+            assert count.ops.count("index_select") == 1
+            # per-sample depthwise filters (this batch runs them per sample) and the sort and unsort; no norm
+            assert count.ops.count("index") == depthwise + 2
+        assert builds == [1]
+        net.domain_tensors("a")["s1.b0.bn1.weight"].add_(1.0)
+        net(x, domain=NAMES)
+    assert builds == [1, 1]

@@ -36,6 +36,7 @@ from torch import nn
 from .gate import GateSet, gated_paths
 from .layout import TrunkLayout
 from .registry import get_method
+from .stacks import Stacks
 from .trunks import classifier_path, trunk_factory
 from .wrappers import NBT, PerDomain, PerDomainHead, Router
 
@@ -68,6 +69,10 @@ class MultiDomainNet(nn.Module):
         self._owner = {p: w for w, wrapper in self.wrappers.items() if wrapper.copies_template
                        for p in self._plain if p == w or p.startswith(w + ".")}
         self._shared_norms = [m for p, m in self._plain.items() if p in self.layout.norms and p not in self._owner]
+        # what mixed eval batches read stacked over the domains (checked once per forward: stacks.py)
+        self._stacks = Stacks()
+        self._stacked = [w for w in self.wrappers.values() if w.stacks_domains]
+        self._affine_norms = [w for w in self._stacked if hasattr(w, "stacked_affine")]
         self.trunk = trunk
         self.gates = nn.ModuleDict()
         self.register_buffer("_anchor", torch.empty(0), persistent=False)
@@ -202,6 +207,10 @@ class MultiDomainNet(nn.Module):
             path, _, leaf = k.rpartition(".")
             live[k] = getattr(self._plain[path], leaf)
         self._strict_copy(f"trunk {self.arch!r} (width {self.width:g})", live, given)
+
+    def _apply(self, fn, recurse=True):
+        self._stacks.clear()  # .to() / .half(): the stacks hold copies of the tensors being replaced
+        return super()._apply(fn, recurse)
 
     # ------------------------------------------------------------------ training helpers
     def train(self, mode: bool = True):
@@ -378,9 +387,13 @@ class MultiDomainNet(nn.Module):
         r = self.router
         r.order, r.slices, r.idx = order, slices, idx_sorted
         r.per_sample, r.indexed = not self.training, indexed
+        if r.per_sample and not indexed and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            self._stacks.refresh(self._stacked, self._affine_norms, order, idx_sorted)
+            r.stacks = self._stacks
         try:
             y = self.trunk(x if perm is None else x[perm])  # advanced indexing keeps channels_last (index_select not)
         finally:
+            self._stacks.release()
             r.clear()
         return y if perm is None else y[torch.argsort(perm)]
 

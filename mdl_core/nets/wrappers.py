@@ -11,9 +11,10 @@ outside the module tree so it is neither trained nor counted). Every wrapper of 
 * a mixed batch: the network sorts the batch by domain ONCE (and restores the caller's order once at
   the end), so each domain's samples are one contiguous slice (``router.slices``) and every per-domain
   module runs each domain's copy on its slice (a view: no gather or scatter per layer), the outputs
-  concatenated. In eval mode norms apply one per-sample affine over the whole batch (stacked [D, C]
-  tensors gathered by each sample's domain, cached until a tensor changes); see ``MIXED_DEPTHWISE`` for
-  depthwise convs. Each image's work is done once;
+  concatenated. In eval mode norms apply one per-sample affine over the whole batch (each sample's row
+  of the domains' stacked affines, one gather per forward for every norm: :mod:`.stacks`), 1x1 convs
+  run per slice as matmuls on channels_last batches; see ``MIXED_DEPTHWISE`` for depthwise convs. Each
+  image's work is done once;
 * a soft-sharing gate: depthwise wrappers the gate covers mix all T mixed domains' outputs (eq. 8);
 * an *indexed* batch (eval only, for export): each sample's domain is a position in ``order`` given as
   a tensor; the network sorts by it and computes the slice bounds as tensors, so no Python control flow
@@ -51,6 +52,8 @@ class Router:
         self.indexed = False                # idx is the only assignment (traceable, eval): see module doc
         self.gate = None                    # GateSet of the single domain, when gated
         self.frozen_stats = False           # norms use running statistics and never update them
+        self.stacks = None                  # mixed, eval, eager, no autograd: the network's Stacks, checked
+                                            # for this forward (else every stack is built afresh)
 
 
 def _tensors(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -71,6 +74,7 @@ class PerDomain(nn.Module):
     """One copy of ``template`` per domain; mixed batches are grouped by domain."""
 
     copies_template = True  # each domain owns a copy of the trunk's module (adapters keep it shared)
+    stacks_domains = False  # mixed eval batches read its domains' tensors stacked (see stacks.py)
 
     def __init__(self, template: nn.Module, router: Router, path: str):
         super().__init__()
@@ -78,7 +82,7 @@ class PerDomain(nn.Module):
         self.__dict__["template"] = template  # the trunk's module: loaded by load_trunk_state_dict, never trained
         self.__dict__["router"] = router
         self.path = path
-        self._stack_cache = None  # (order, tensors, their versions, their storages, the stacked value)
+        self._pointwise = layers.is_plain_pointwise(template)
 
     # --- domains -------------------------------------------------------------------------------
     def add(self, name: str, device, dtype, **_) -> None:
@@ -104,6 +108,8 @@ class PerDomain(nn.Module):
         r = self.router
         if r.domain is not None:
             return self.domains[r.domain](x)
+        if self._pointwise and r.stacks is not None and layers.channels_last(x):
+            return self.grouped(x, lambda d, part: layers.pointwise_linear(self.domains[d], part))
         return self.grouped(x)
 
     def grouped(self, x, fn: Callable | None = None):
@@ -112,22 +118,12 @@ class PerDomain(nn.Module):
         return layers.cat_batch(ys)
 
     def stacked(self, build: Callable[[list[nn.Module]], object]):
-        """``build`` over every domain's copy in router order; cached while no tensor changes (identity,
-        storage or in-place version), autograd is off and no graph is being traced (fake tensors there).
-        The check is flat (one pass over the tensors, no tuples built): it runs at every layer of every
-        mixed forward."""
-        order = self.router.order
-        mods = [self.domains[d] for d in order]
-        if torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling():
-            return build(mods)
-        tensors = [t for m in mods for t in (*m._parameters.values(), *m._buffers.values()) if t is not None]
-        c = self._stack_cache
-        if c is not None and c[0] == order and len(c[1]) == len(tensors) and all(
-                a is b and a._version == v and a.data_ptr() == p for a, b, v, p in zip(tensors, c[1], c[2], c[3])):
-            return c[4]
-        value = build(mods)
-        self._stack_cache = (list(order), tensors, [t._version for t in tensors], [t.data_ptr() for t in tensors], value)
-        return value
+        """``build`` over every domain's copy in router order: from the network's stacks when the forward
+        has them (built once, kept until a tensor changes), else afresh (autograd on, or a graph being
+        traced: the stack must be part of the graph)."""
+        r = self.router
+        fresh = lambda: build([self.domains[d] for d in r.order])  # noqa: E731
+        return fresh() if r.stacks is None else r.stacks.get(self.path, fresh)
 
 
 # How a mixed eval batch runs its depthwise convs (measured: bench/mixed_batch.py, bench/RESULTS.md M):
@@ -147,6 +143,8 @@ def _per_sample_mode(batch: int, domains: int) -> bool:
 
 class PerDomainDepthwise(PerDomain):
     """A depthwise conv per domain: per-sample filters in mixed eval batches, gate mixing when gated."""
+
+    stacks_domains = True
 
     def forward(self, x):
         r = self.router
@@ -202,18 +200,34 @@ PER_SAMPLE_NORMS = {
 
 
 class PerDomainNorm(PerDomain):
-    """A normalisation layer per domain (parameters and running statistics)."""
+    """A normalisation layer per domain (parameters and running statistics). In a mixed eval batch the
+    kinds in PER_SAMPLE_NORMS apply each sample's own affine over the whole batch; others run per slice."""
+
+    def __init__(self, template: nn.Module, router: Router, path: str):
+        super().__init__(template, router, path)
+        kind = PER_SAMPLE_NORMS.get(type(template).__name__)
+        if kind is not None and kind[0] is _ln_affine and len(template.normalized_shape) != 1:
+            kind = None  # a LayerNorm over several trailing dimensions: no per-channel affine
+        self._kind = kind
+        self.stacks_domains = kind is not None
+
+    def stacked_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, shift) [D, C] over every domain in router order (an eval-mode affine)."""
+        return self._kind[0]([self.domains[d] for d in self.router.order])
 
     def forward(self, x):
         r = self.router
         if r.domain is not None:
             m = self.domains[r.domain]
             return _run_eval(m, x) if r.frozen_stats and m.training else m(x)
-        kind = PER_SAMPLE_NORMS.get(type(self.template).__name__)
-        if not r.per_sample or kind is None or (kind[0] is _ln_affine and len(self.template.normalized_shape) != 1):
+        if not r.per_sample or self._kind is None:
             return self.grouped(x)
-        scale, shift = self.stacked(kind[0])
-        return kind[1](self, x, scale[r.idx], shift[r.idx])
+        if r.stacks is not None:  # one gather per forward for every norm (stacks.Stacks.affine)
+            scale, shift = r.stacks.affine(self.path)
+        else:
+            scale, shift = self.stacked_affine()
+            scale, shift = scale[r.idx], shift[r.idx]
+        return self._kind[1](self, x, scale, shift)
 
 
 class PerDomainHead(PerDomain):
