@@ -28,37 +28,66 @@ def check_against_single(net, x, out):
         assert torch.isinf(out[i, k:]).all() and (out[i, k:] < 0).all()
 
 
-@pytest.mark.parametrize("mode", ["slices", "per-sample", "auto"])
+@pytest.mark.parametrize("mode", ["slices", "per-sample", "folded", "auto"])
 @pytest.mark.parametrize("method", ["dw", "dw-sharing", "finetune", "classifier-only"])
 def test_stacked_equals_per_domain(method, mode, monkeypatch):
     net = make("resnet26_dw", method)
-    calls = []
-    real = layers.per_sample_depthwise
-    monkeypatch.setattr(layers, "per_sample_depthwise", lambda *a: calls.append(1) or real(*a))
+    calls = {"per_sample_depthwise": [], "folded_depthwise": []}
+    for name, seen in calls.items():
+        monkeypatch.setattr(layers, name, lambda *a, real=getattr(layers, name), seen=seen: seen.append(1) or real(*a))
     monkeypatch.setattr(wrappers, "MIXED_DEPTHWISE", mode)
-    x = torch.randn(len(NAMES), 3, 16, 16)
+    layout = torch.channels_last if mode == "folded" else torch.contiguous_format  # folded: channels_last only
+    net.to(memory_format=layout)
+    x = torch.randn(len(NAMES), 3, 16, 16).contiguous(memory_format=layout)
     with torch.no_grad():
         out = net(x, domain=NAMES)
     check_against_single(net, x, out)
-    # per-domain depthwise filters (24 in blocks + the stem): one grouped conv each in per-sample mode, and
-    # under auto here (8 images over 3 domains: fewer than PER_SAMPLE_BELOW each)
-    assert len(calls) == (25 if method in ("dw", "finetune") and mode != "slices" else 0)
+    # per-domain depthwise filters (24 in blocks + the stem): one grouped conv each in per-sample and folded
+    # mode, and per-sample under auto here (8 images over 3 domains: fewer than PER_SAMPLE_BELOW each)
+    owns_depthwise = method in ("dw", "finetune")
+    assert len(calls["per_sample_depthwise"]) == (25 if owns_depthwise and mode in ("per-sample", "auto") else 0)
+    assert len(calls["folded_depthwise"]) == (25 if owns_depthwise and mode == "folded" else 0)
     assert out.argmax(1).lt(torch.tensor([net.domains[d] for d in NAMES])).all()
 
 
-def test_auto_takes_slices_once_each_domain_has_enough_images(monkeypatch):
-    net = make("resnet26_dw", "dw")
-    calls = []
-    real = layers.per_sample_depthwise
-    monkeypatch.setattr(layers, "per_sample_depthwise", lambda *a: calls.append(1) or real(*a))
-    names = [d for d in ("a", "b", "c") for _ in range(wrappers.PER_SAMPLE_BELOW)]
-    x = torch.randn(len(names), 3, 16, 16)
+@pytest.mark.parametrize("present", [("a", "b", "c"), ("c", "a")])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_auto_leaves_per_sample_once_each_domain_has_enough_images(monkeypatch, layout, present):
+    """Enough images per domain: slices, or folded on channels_last stride-1 maps of <= 8x8 positions
+    (with every domain in the batch, or a subset: the fold then takes the present domains' filters)."""
+    net = make("resnet26_dw", "dw").to(memory_format=layout)
+    calls = {"per_sample_depthwise": [], "folded_depthwise": []}
+    for name, seen in calls.items():
+        monkeypatch.setattr(layers, name, lambda *a, real=getattr(layers, name), seen=seen: seen.append(a[1].shape) or real(*a))
+    names = [d for d in present for _ in range(wrappers.PER_SAMPLE_BELOW)] + [present[0]]
+    names = names[1::2] + names[::2]  # unequal counts, shuffled: the fold pads the shorter domains
+    x = torch.randn(len(names), 3, 32, 32).contiguous(memory_format=layout)
     with torch.no_grad():
         out = net(x, domain=names)
-    assert calls == []
-    for i in (0, len(names) - 1):
-        torch.testing.assert_close(out[i:i + 1, :net.domains[names[i]]], net(x[i:i + 1], domain=names[i]),
-                                   rtol=1e-4, atol=1e-4)
+    assert calls["per_sample_depthwise"] == []
+    folded = calls["folded_depthwise"]
+    if layout == torch.channels_last:
+        assert folded and all(s[-2] * s[-1] <= wrappers.FOLD_MAX_POSITIONS for s in folded)
+    else:
+        assert folded == []
+    for i, d in enumerate(names):
+        torch.testing.assert_close(out[i:i + 1, :net.domains[d]], net(x[i:i + 1], domain=d), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("stride,multiplier", [(1, 1), (2, 2)])
+def test_folded_depthwise_equals_each_domains_conv(stride, multiplier):
+    """Unequal slices (zero-padded in the fold), a channel multiplier, a bias, a stride."""
+    torch.manual_seed(0)
+    convs = [torch.nn.Conv2d(6, 6 * multiplier, 3, stride, 1, groups=6) for _ in range(3)]
+    slices = [(0, 2), (2, 3), (3, 7)]
+    x = torch.randn(7, 6, 9, 9).contiguous(memory_format=torch.channels_last)
+    w = torch.stack([c.weight for c in convs]).flatten(0, 1)
+    b = torch.stack([c.bias for c in convs]).flatten()
+    with torch.no_grad():
+        got = layers.folded_depthwise(convs[0], x, w, b, slices)
+        want = torch.cat([c(x[s:e]) for c, (s, e) in zip(convs, slices)])
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
 SIZES = {  # a domain with 0, 1 and many samples; sorted, reversed, interleaved

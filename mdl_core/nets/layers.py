@@ -69,6 +69,26 @@ def per_sample_depthwise(conv: nn.Conv2d, x: torch.Tensor, weights: torch.Tensor
     return y.reshape(b, cout, y.shape[-2], y.shape[-1])
 
 
+def folded_depthwise(conv: nn.Conv2d, x: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor | None,
+                     slices: list[tuple[int, int]]) -> torch.Tensor:
+    """Depthwise conv of a channels_last batch sorted by domain, ``slices`` [(start, end)] one per domain,
+    as ONE grouped conv with the domains' own filters: the batch is folded domain-major, the i-th image
+    of every domain side by side in channels ([n, H, W, D*C], n the longest slice, shorter ones
+    zero-padded), so ``weights`` [D*Cout, 1, k, k] (the stacked filters, flattened: domain-major) and
+    ``bias`` [D*Cout] are used as they are, with no per-sample gather. One copy in (the fold), one out."""
+    x, padding = conv_geometry(conv, x)
+    nhwc = x.permute(0, 2, 3, 1)  # a view of channels_last memory
+    n = max(e - s for s, e in slices)
+    parts = [nhwc[s:e] if e - s == n else F.pad(nhwc[s:e], (0, 0, 0, 0, 0, 0, 0, n - (e - s))) for s, e in slices]
+    folded = torch.stack(parts, dim=3)  # [n, H, W, D, C]
+    _, h, w, d, c = folded.shape
+    y = F.conv2d(folded.view(n, h, w, d * c).permute(0, 3, 1, 2), weights, bias, stride=conv.stride,
+                 padding=padding, dilation=conv.dilation, groups=d * c)
+    ho, wo = y.shape[-2:]
+    y = y.permute(0, 2, 3, 1).reshape(n, ho, wo, d, weights.shape[0] // d)
+    return torch.cat([y[:e - s, :, :, i] for i, (s, e) in enumerate(slices)]).permute(0, 3, 1, 2)
+
+
 def mixed_depthwise(conv: nn.Conv2d, x: torch.Tensor, stacked: torch.Tensor, mix: torch.Tensor,
                     bias: torch.Tensor | None = None) -> torch.Tensor:
     """Soft-shared depthwise (paper eq. 8): sum_t s_t * DW_t(x).

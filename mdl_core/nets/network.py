@@ -379,13 +379,14 @@ class MultiDomainNet(nn.Module):
             start += n
         idx = torch.tensor([pos[names[i]] for i in perm], device=x.device)
         ix = None if perm == list(range(len(names))) else torch.tensor(perm, device=x.device)
-        return self._sorted_forward(x, ix, idx, slices, order)
+        present = None if len(counts) == len(order) else torch.tensor([pos[d] for d in counts], device=x.device)
+        return self._sorted_forward(x, ix, idx, slices, order, present=present)
 
-    def _sorted_forward(self, x, perm, idx_sorted, slices, order, indexed: bool = False):
-        """The trunk over ``x[perm]`` (sorted by domain: ``slices`` [(domain, start, end)]), back in
-        ``x``'s order. ``perm`` None: already sorted."""
+    def _sorted_forward(self, x, perm, idx_sorted, slices, order, indexed: bool = False, present=None):
+        """The trunk over ``x[perm]`` (sorted by domain: ``slices`` [(domain, start, end)], the domains at
+        ``present`` in ``order``, None: all), back in ``x``'s order. ``perm`` None: already sorted."""
         r = self.router
-        r.order, r.slices, r.idx = order, slices, idx_sorted
+        r.order, r.slices, r.idx, r.present = order, slices, idx_sorted, present
         r.per_sample, r.indexed = not self.training, indexed
         if r.per_sample and not indexed and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
             self._stacks.refresh(self._stacked, self._affine_norms, order, idx_sorted)

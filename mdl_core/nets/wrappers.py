@@ -47,6 +47,8 @@ class Router:
         self.slices: list = []              # mixed (batch sorted by domain): [(domain, start, end)], ints
                                             # (eager) or 0-dim tensors (indexed: bounds computed in the graph)
         self.idx: torch.Tensor | None = None  # mixed: each (sorted) sample's position in ``order``
+        self.present: torch.Tensor | None = None  # mixed, eager: the slices' domains' positions in ``order``
+                                                  # (None: every domain, in order)
         self.order: list[str] = []          # every registered domain, in stacking order
         self.per_sample = False             # mixed and in eval: per-sample stacked paths allowed
         self.indexed = False                # idx is the only assignment (traceable, eval): see module doc
@@ -126,19 +128,42 @@ class PerDomain(nn.Module):
         return fresh() if r.stacks is None else r.stacks.get(self.path, fresh)
 
 
-# How a mixed eval batch runs its depthwise convs (measured: bench/mixed_batch.py, bench/RESULTS.md M):
-# "slices" runs each domain's conv on its contiguous slice of the sorted batch (one conv call per domain
-# per layer); "per-sample" one grouped conv over the whole batch with per-sample filters (groups = B*C,
-# paper eq. 7; a layout copy in and out); "auto" per-sample while the batch holds fewer than
-# PER_SAMPLE_BELOW images per domain (1 image each: per-sample is 1.2-1.3x faster on Lite0, ResNet-26 and
-# MobileNetV3; 10 each: slices are 1.2-1.4x faster).
+# How a mixed eval batch runs its depthwise convs (measured layer by layer inside the network and whole:
+# bench/mixed_batch.py, bench/RESULTS.md M1):
+#   "slices"      each domain's conv on its contiguous slice of the sorted batch (one call per domain);
+#   "per-sample"  one grouped conv over the whole batch with each sample's gathered filters (groups = B*C,
+#                 paper eq. 7; a layout copy in and out);
+#   "folded"      one grouped conv over the batch folded domain-major: the i-th image of every domain side
+#                 by side in channels ([n, H, W, D*C], shorter domains zero-padded to the longest, n), the
+#                 domains' stacked filters used as they are; channels_last batches only;
+#   "auto"        per layer: per-sample below PER_SAMPLE_BELOW images per domain; else folded on stride-1
+#                 maps of at most FOLD_MAX_POSITIONS positions while the zero padding adds at most
+#                 FOLD_WASTE of the work; else slices. On Lite0 with 10 domains (inside the network): at 1
+#                 image each per-sample beats slices 2-3x on every layer and folded on every layer; at 10
+#                 each folded beats slices by 0.4-0.6 ms on each stride-1 map of <= 8x8 (10 layers) and
+#                 loses on 16x16 maps (2.5x: its fold copies 15 MB) and on stride-2 layers.
 MIXED_DEPTHWISE = "auto"
 PER_SAMPLE_BELOW = 4
+FOLD_MAX_POSITIONS = 64
+FOLD_WASTE = 1.5
 
 
-def _per_sample_mode(batch: int, domains: int) -> bool:
+def _depthwise_mode(conv: nn.Conv2d, x: torch.Tensor, counts: list[int]) -> str:
     mode = MIXED_DEPTHWISE
-    return mode == "per-sample" or (mode == "auto" and batch < PER_SAMPLE_BELOW * domains)
+    if mode == "folded" and not layers.channels_last(x):
+        return "per-sample"
+    if mode != "auto":
+        return mode
+    if x.shape[0] < PER_SAMPLE_BELOW * len(counts):
+        return "per-sample"
+    if (layers.channels_last(x) and tuple(conv.stride) == (1, 1) and x.shape[-2] * x.shape[-1] <= FOLD_MAX_POSITIONS
+            and max(counts) * len(counts) <= FOLD_WASTE * x.shape[0]):
+        return "folded"
+    return "slices"
+
+
+def _stack_filters(ms):
+    return torch.stack([m.weight for m in ms]), torch.stack([m.bias for m in ms]) if ms[0].bias is not None else None
 
 
 class PerDomainDepthwise(PerDomain):
@@ -155,11 +180,18 @@ class PerDomainDepthwise(PerDomain):
             return layers.mixed_depthwise(convs[0], x, torch.stack([c.weight for c in convs]), mlp(x), bias)
         if r.domain is not None:
             return self.domains[r.domain](x)
-        if r.per_sample and not r.indexed and _per_sample_mode(x.shape[0], len(r.slices)):  # groups = B*C: eager only
-            w, b = self.stacked(lambda ms: (torch.stack([m.weight for m in ms]),
-                                            torch.stack([m.bias for m in ms]) if ms[0].bias is not None else None))
-            return layers.per_sample_depthwise(self.template, x, w[r.idx], None if b is None else b[r.idx])
-        return self.grouped(x)
+        if not r.per_sample or r.indexed:  # training, or a traced graph (groups = B*C needs a static B)
+            return self.grouped(x)
+        mode = _depthwise_mode(self.template, x, [e - s for _, s, e in r.slices])
+        if mode == "slices":
+            return self.grouped(x)
+        w, b = self.stacked(_stack_filters)
+        if mode == "folded":
+            if r.present is not None:  # a subset of the domains: theirs, in slice order
+                w, b = w[r.present], None if b is None else b[r.present]
+            return layers.folded_depthwise(self.template, x, w.flatten(0, 1), None if b is None else b.flatten(),
+                                           [(s, e) for _, s, e in r.slices])
+        return layers.per_sample_depthwise(self.template, x, w[r.idx], None if b is None else b[r.idx])
 
 
 def _bn_affine(ms):
