@@ -22,6 +22,27 @@ def show_progress() -> None:
     events.set_reporter(events.RichReporter())
 
 
+# glibc's allocator, as it runs by default, hands freed large buffers back to the system and takes fresh
+# pages (page faults) at the next forward, by an amount that changes from process to process: a
+# one-domain Lite0 batch of 100 at 64 px took 94 to 142 ms in five fresh processes on the 2-core Xeon
+# (2026-12-02), and 78 to 84 ms with STEADY_MALLOC, which keeps freed memory in the process (as jemalloc
+# and tcmalloc do). Benchmarks that compare two paths can run under both (see bench/mixed_batch.py).
+STEADY_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
+MALLOC_REGIMES = ("steady", "default")
+
+
+def malloc_regime() -> str:
+    """'steady' when this process started with STEADY_MALLOC, else 'default' (the variables only act at
+    process start: glibc reads them once)."""
+    return "steady" if all(os.environ.get(k) == v for k, v in STEADY_MALLOC.items()) else "default"
+
+
+def malloc_env(regime: str) -> dict:
+    """The environment for a child process in ``regime``."""
+    env = {k: v for k, v in os.environ.items() if k not in STEADY_MALLOC}
+    return {**env, **STEADY_MALLOC} if regime == "steady" else env
+
+
 def machine() -> dict:
     import torch
 
@@ -36,7 +57,7 @@ def machine() -> dict:
     info = {"cpu": model, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()]}
+            "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()], "malloc": malloc_regime()}
     return info
 
 

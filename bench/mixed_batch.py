@@ -15,9 +15,14 @@ sort-free path), one run times, in interleaved rounds (median):
 
 and checks that the mixed outputs equal the per-domain forwards. The ratio that the issue's targets
 read is single time / mixed time (>= 0.9 at k = 10, >= 0.8 at k = 1 on Lite0) for what mdl runs
-(``auto``), reported beside both fixed modes.
+(``auto``), reported beside the fixed modes (``folded`` is in ``auto``'s choice at k = 10 only).
 
-    PYTHONPATH=. python bench/mixed_batch.py            # alone on the machine; ~5 min on 2 cores
+Each cell runs twice, in a child process per allocator regime (bench._common.STEADY_MALLOC): ``steady``
+(freed memory stays in the process: no page faults on the next forward; stable from run to run) and
+``default`` (glibc as it starts: large buffers come back as fresh pages, by an amount that varies
+between processes, and the one-domain batch pays more of it than the mixed one).
+
+    PYTHONPATH=. python bench/mixed_batch.py            # alone on the machine; ~4 min on 2 cores
     PYTHONPATH=. python bench/mixed_batch.py --report-only
 """
 from __future__ import annotations
@@ -29,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import RESULTS, machine, median_time, write_json  # noqa: E402
+from bench._common import MALLOC_REGIMES, RESULTS, machine, malloc_env, malloc_regime, median_time, write_json  # noqa: E402
 
 ARCHS = ["timm/tf_efficientnet_lite0", "resnet26_dw", "timm/mobilenetv3_large_100"]
 DOMAINS = {"aircraft": 100, "cifar100": 100, "daimlerpedcls": 2, "dtd": 47, "gtsrb": 43, "omniglot": 1623,
@@ -77,17 +82,17 @@ def bench(arch: str, k: int, px: int, repeats: int) -> dict:
         return fn
 
     fns = {"single": lambda: net(x, domain=names[0]), "auto": mixed("auto"), "slices": mixed("slices"),
-           "per-sample": mixed("per-sample"),
+           "per-sample": mixed("per-sample"), "folded": mixed("folded"),
            "loop": lambda: [net(x[ix], domain=d) for d, ix in groups.items()]}
     with torch.no_grad():
         ts = dict(zip(fns, median_time(list(fns.values()), repeats)))
         loop = fns["loop"]()
         diffs = {}
-        for mode in ("auto", "slices", "per-sample"):
+        for mode in ("auto", "slices", "per-sample", "folded"):
             out = fns[mode]()
             diffs[mode] = max((out[ix, : y.shape[1]] - y).abs().max().item() for (d, ix), y in zip(groups.items(), loop))
     b = len(doms)
-    row = {"arch": arch, "per_domain": k, "batch": b, "px": px, "chosen_mode": chosen,
+    row = {"arch": arch, "per_domain": k, "batch": b, "px": px, "chosen_mode": chosen, "malloc": malloc_regime(),
            **{f"{n}_img_per_s": round(b / t, 1) for n, t in ts.items()},
            **{f"{n}_over_single": round(ts["single"] / t, 3) for n, t in ts.items() if n != "single"},
            "max_abs_diff_vs_loop": diffs}
@@ -103,17 +108,22 @@ def markdown(res: dict) -> str:
              + (f"GPU {m['cuda']}." if m.get("cuda") else "**no GPU** (CUDA figures not measured)."), "",
              f"Eval, `torch.no_grad`, method dw, 10 domains (decathlon class counts), {res['rows'][0]['px']} px, "
              f"channels_last, median of {res['repeats']} interleaved rounds. Ratios: single-domain time / this "
-             "path's time at the same batch size (1.0 = a mixed batch costs what a one-domain batch costs).", "",
-             "| trunk | k per domain | batch | single img/s | **mdl (auto) / single** | slices / single | "
-             "per-sample / single | loop / single | max abs diff vs loop (auto) |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in res["rows"]:
+             "path's time at the same batch size (1.0 = a mixed batch costs what a one-domain batch costs). "
+             "malloc: `steady` keeps freed memory in the process (no page faults: stable), `default` is glibc "
+             "as it starts (see the script's docstring).", "",
+             "| trunk | k per domain | batch | malloc | single img/s | **mdl (auto) / single** | slices / single | "
+             "per-sample / single | folded / single | loop / single | max abs diff vs loop (auto) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(res["rows"], key=lambda r: (ARCHS.index(r["arch"]) if r["arch"] in ARCHS else 99, -r["per_domain"],
+                                                 MALLOC_REGIMES.index(r.get("malloc", "default")))):
         d = r["max_abs_diff_vs_loop"]
-        lines.append(f"| `{r['arch']}` | {r['per_domain']} | {r['batch']} | {r['single_img_per_s']} | "
-                     f"**{r['auto_over_single']:.2f}** | {r['slices_over_single']:.2f} | {r['per-sample_over_single']:.2f} | "
+        lines.append(f"| `{r['arch']}` | {r['per_domain']} | {r['batch']} | {r.get('malloc', 'default')} | "
+                     f"{r['single_img_per_s']} | **{r['auto_over_single']:.2f}** | {r['slices_over_single']:.2f} | "
+                     f"{r['per-sample_over_single']:.2f} | {r.get('folded_over_single', float('nan')):.2f} | "
                      f"{r['loop_over_single']:.2f} | {d['auto']:.1e} |")
     lines += ["", f"mdl runs mixed eval batches in mode `{res['rows'][0]['chosen_mode']}` "
               "(`mdl.core.nets.wrappers.MIXED_DEPTHWISE`; per-sample below "
-              f"{res.get('per_sample_below', '?')} images per domain).", ""]
+              f"{res.get('per_sample_below', '?')} images per domain, else folded on small stride-1 maps, else slices).", ""]
     return "\n".join(lines)
 
 
@@ -123,15 +133,37 @@ def main(argv=None) -> None:
     ap.add_argument("--per-domain", type=int, action="append", help="k images per domain (default 10 and 1)")
     ap.add_argument("--px", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--malloc", choices=("both",) + MALLOC_REGIMES, default="both",
+                    help="allocator regime(s): each runs in a child process started with it")
+    ap.add_argument("--rows-out", type=Path, help=argparse.SUPPRESS)  # a child's rows, for its parent
     ap.add_argument("--report-only", action="store_true")
     a = ap.parse_args(argv)
     if a.report_only:
         res = json.loads(OUT.read_text())
+    elif a.rows_out is not None:  # a child: this process's regime is the one it was started with
+        rows = [bench(arch, k, a.px, a.repeats) for arch in a.arch or ARCHS for k in a.per_domain or (10, 1)]
+        write_json(a.rows_out, {"machine": machine(), "rows": rows})
+        return
     else:
+        import subprocess
+        import tempfile
+
         from mdl.core.nets import wrappers
 
-        res = {"machine": machine(), "repeats": a.repeats, "per_sample_below": wrappers.PER_SAMPLE_BELOW,
-               "rows": [bench(arch, k, a.px, a.repeats) for arch in a.arch or ARCHS for k in a.per_domain or (10, 1)]}
+        res = {"machine": machine(), "repeats": a.repeats, "per_sample_below": wrappers.PER_SAMPLE_BELOW, "rows": [],
+               "machines": {}}
+        regimes = MALLOC_REGIMES if a.malloc == "both" else (a.malloc,)
+        cell_args = [f"--px={a.px}", f"--repeats={a.repeats}"] + [f"--arch={x}" for x in a.arch or []] + \
+            [f"--per-domain={k}" for k in a.per_domain or []]
+        with tempfile.TemporaryDirectory() as tmp:
+            for regime in regimes:
+                out = Path(tmp) / f"{regime}.json"
+                subprocess.run([sys.executable, __file__, *cell_args, f"--rows-out={out}"], env=malloc_env(regime),
+                               check=True)
+                child = json.loads(out.read_text())
+                assert child["machine"]["malloc"] == regime, child["machine"]
+                res["rows"] += child["rows"]
+                res["machines"][regime] = child["machine"]
         write_json(OUT, res)
     OUT.with_suffix(".md").write_text(markdown(res))
     print(markdown(res))

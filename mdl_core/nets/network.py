@@ -16,8 +16,9 @@ Forward
                                sample's own classes. ONE pass through the trunk over the batch sorted
                                by domain (its order restored at the end): shared modules run once on
                                the whole batch, per-domain modules once per domain on its contiguous
-                               slice; in eval mode norms apply per-sample affines and depthwise convs
-                               run per slice or as one grouped per-sample conv (wrappers.MIXED_DEPTHWISE).
+                               slice; in eval mode norms apply per-sample affines (one gather per
+                               forward: stacks.py) and depthwise convs run per slice, as one grouped
+                               per-sample conv or folded domain-major, by shape (wrappers.MIXED_DEPTHWISE).
     ``net(x, domain=idx)``     idx a LongTensor [B] of positions in ``list(net.domains)`` (eval only): the
                                same sorted pass with the sort and slice bounds computed as tensors, so it
                                traces into a graph with a dynamic batch (``mdl export``; see wrappers' doc).
