@@ -248,3 +248,57 @@ def test_one_gather_for_every_norm_and_stacks_built_once(monkeypatch):
         net.domain_tensors("a")["s1.b0.bn1.weight"].add_(1.0)
         net(x, domain=NAMES)
     assert builds == [1, 1]
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("arch,pairs", [("timm/tf_efficientnet_lite0", 16), ("timm/mobilenetv3_large_100", 15),
+                                        ("timm/convnext_atto", 0), ("resnet26_dw", 0)])
+def test_depthwise_joins_carry_the_next_norms_affine(arch, pairs, layout, monkeypatch):
+    """Where a per-domain BN alone consumes a per-domain depthwise conv (read off the trunk's fx graph),
+    the conv applies the BN's per-sample affine while joining its slices or fold; outputs unchanged.
+    ConvNeXt's depthwise convs feed LayerNorms (not an affine), ResNet-26's feed a shared pointwise conv."""
+    joins = []
+    real = layers.affine_into
+    monkeypatch.setattr(layers, "affine_into", lambda *a: joins.append(1) or real(*a))
+    net = make(arch, "dw").to(memory_format=layout)
+    names = [d for d in ("a", "b", "c") for _ in range(wrappers.PER_SAMPLE_BELOW)] + ["a"]  # 5, 4, 4 images
+    names = names[::2] + names[1::2]
+    x = torch.randn(len(names), 3, 32, 32).contiguous(memory_format=layout)
+    with torch.no_grad():
+        out = net(x, domain=names)
+        fused = [p for p, w in net.wrappers.items() if getattr(w, "fused_norm", None) is not None]
+        assert len(fused) == pairs and len(joins) == pairs
+        for i, d in enumerate(names):
+            ref = net(x[i:i + 1], domain=d)
+            torch.testing.assert_close(out[i:i + 1, :net.domains[d]], ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+
+
+def test_fusion_pairs_only_a_norm_that_alone_consumes_the_conv():
+    from torch import nn
+
+    from mdl.core.nets.fusion import sole_norm_consumers
+
+    class Net(nn.Module):
+        def __init__(self, shortcut: bool):
+            super().__init__()
+            self.dw, self.bn, self.dw2, self.bn2, self.shortcut = (nn.Conv2d(4, 4, 3, padding=1, groups=4),
+                                                                   nn.BatchNorm2d(4), nn.Conv2d(4, 4, 3, padding=1, groups=4),
+                                                                   nn.BatchNorm2d(4), shortcut)
+
+        def forward(self, x):
+            y = self.dw(x)
+            z = self.bn(y)
+            z = z + y if self.shortcut else z  # a second consumer of dw's output
+            return self.bn2(self.dw2(z))
+
+    def pairs(net):
+        return sole_norm_consumers(net, (nn.Conv2d,), (nn.BatchNorm2d,), ())
+
+    assert pairs(Net(False)) == {"dw": "bn", "dw2": "bn2"}
+    assert pairs(Net(True)) == {"dw2": "bn2"}
+
+    class Branchy(Net):
+        def forward(self, x):
+            return self.bn(self.dw(x)) if x.sum() > 0 else x  # control flow on a tensor: fx cannot trace it
+
+    assert pairs(Branchy(False)) == {}

@@ -69,13 +69,14 @@ def per_sample_depthwise(conv: nn.Conv2d, x: torch.Tensor, weights: torch.Tensor
     return y.reshape(b, cout, y.shape[-2], y.shape[-1])
 
 
-def folded_depthwise(conv: nn.Conv2d, x: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor | None,
-                     slices: list[tuple[int, int]]) -> torch.Tensor:
+def folded_depthwise_parts(conv: nn.Conv2d, x: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor | None,
+                           slices: list[tuple[int, int]]) -> list[torch.Tensor]:
     """Depthwise conv of a channels_last batch sorted by domain, ``slices`` [(start, end)] one per domain,
     as ONE grouped conv with the domains' own filters: the batch is folded domain-major, the i-th image
     of every domain side by side in channels ([n, H, W, D*C], n the longest slice, shorter ones
     zero-padded), so ``weights`` [D*Cout, 1, k, k] (the stacked filters, flattened: domain-major) and
-    ``bias`` [D*Cout] are used as they are, with no per-sample gather. One copy in (the fold), one out."""
+    ``bias`` [D*Cout] are used as they are, with no per-sample gather. Returns each slice's output,
+    [end - start, Cout, H', W'] views into the folded result (channels innermost)."""
     x, padding = conv_geometry(conv, x)
     nhwc = x.permute(0, 2, 3, 1)  # a view of channels_last memory
     n = max(e - s for s, e in slices)
@@ -86,7 +87,26 @@ def folded_depthwise(conv: nn.Conv2d, x: torch.Tensor, weights: torch.Tensor, bi
                  padding=padding, dilation=conv.dilation, groups=d * c)
     ho, wo = y.shape[-2:]
     y = y.permute(0, 2, 3, 1).reshape(n, ho, wo, d, weights.shape[0] // d)
-    return torch.cat([y[:e - s, :, :, i] for i, (s, e) in enumerate(slices)]).permute(0, 3, 1, 2)
+    return [y[:e - s, :, :, i].permute(0, 3, 1, 2) for i, (s, e) in enumerate(slices)]
+
+
+def folded_depthwise(conv: nn.Conv2d, x: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor | None,
+                     slices: list[tuple[int, int]]) -> torch.Tensor:
+    """``folded_depthwise_parts`` joined into one channels_last batch (one copy out)."""
+    parts = folded_depthwise_parts(conv, x, weights, bias, slices)
+    return torch.cat([p.permute(0, 2, 3, 1) for p in parts]).permute(0, 3, 1, 2)
+
+
+def affine_into(parts: list[torch.Tensor], bounds: list[tuple[int, int]], scale: torch.Tensor,
+                shift: torch.Tensor) -> torch.Tensor:
+    """One channels_last batch from ``parts`` (each [end - start, C, H, W], any layout) with each sample's
+    affine ``scale``/``shift`` [B, C] applied on the way: the join and the affine in one pass."""
+    first = parts[0]
+    out = torch.empty((bounds[-1][1], *first.shape[1:]), dtype=first.dtype, device=first.device,
+                      memory_format=torch.channels_last)
+    for part, (s, e) in zip(parts, bounds):
+        torch.addcmul(shift[s:e, :, None, None], part, scale[s:e, :, None, None], out=out[s:e])
+    return out
 
 
 def mixed_depthwise(conv: nn.Conv2d, x: torch.Tensor, stacked: torch.Tensor, mix: torch.Tensor,

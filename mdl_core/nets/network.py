@@ -34,12 +34,13 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from .fusion import sole_norm_consumers
 from .gate import GateSet, gated_paths
 from .layout import TrunkLayout
 from .registry import get_method
 from .stacks import Stacks
 from .trunks import classifier_path, trunk_factory
-from .wrappers import NBT, PerDomain, PerDomainHead, Router
+from .wrappers import NBT, PerDomain, PerDomainDepthwise, PerDomainHead, PerDomainNorm, Router
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 HEAD = "head"
@@ -74,6 +75,7 @@ class MultiDomainNet(nn.Module):
         self._stacks = Stacks()
         self._stacked = [w for w in self.wrappers.values() if w.stacks_domains]
         self._affine_norms = [w for w in self._stacked if hasattr(w, "stacked_affine")]
+        self._fusion_read = False  # depthwise -> sole-consumer BN pairs, read off the trunk at first use
         self.trunk = trunk
         self.gates = nn.ModuleDict()
         self.register_buffer("_anchor", torch.empty(0), persistent=False)
@@ -392,12 +394,23 @@ class MultiDomainNet(nn.Module):
         if r.per_sample and not indexed and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
             self._stacks.refresh(self._stacked, self._affine_norms, order, idx_sorted)
             r.stacks = self._stacks
+            if not self._fusion_read:
+                self._read_fusion()
         try:
             y = self.trunk(x if perm is None else x[perm])  # advanced indexing keeps channels_last (index_select not)
         finally:
             self._stacks.release()
             r.clear()
         return y if perm is None else y[torch.argsort(perm)]
+
+    def _read_fusion(self) -> None:
+        """Pair each per-domain depthwise conv with the per-domain BN that alone consumes it (fusion.py)."""
+        pairs = sole_norm_consumers(self.trunk, (PerDomainDepthwise,), (PerDomainNorm,), (PerDomain,))
+        for conv_path, norm_path in pairs.items():
+            conv, norm = self.wrappers.get(conv_path), self.wrappers.get(norm_path)
+            if isinstance(conv, PerDomainDepthwise) and isinstance(norm, PerDomainNorm) and norm.affine_only:
+                conv.__dict__["fused_norm"] = norm
+        self._fusion_read = True
 
     def _forward_indexed(self, x: torch.Tensor, idx: torch.Tensor, use_gate: bool = False) -> torch.Tensor:
         if self.training:

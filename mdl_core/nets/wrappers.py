@@ -13,8 +13,9 @@ outside the module tree so it is neither trained nor counted). Every wrapper of 
   module runs each domain's copy on its slice (a view: no gather or scatter per layer), the outputs
   concatenated. In eval mode norms apply one per-sample affine over the whole batch (each sample's row
   of the domains' stacked affines, one gather per forward for every norm: :mod:`.stacks`), 1x1 convs
-  run per slice as matmuls on channels_last batches; see ``MIXED_DEPTHWISE`` for depthwise convs. Each
-  image's work is done once;
+  run per slice as matmuls on channels_last batches; see ``MIXED_DEPTHWISE`` for depthwise convs, and
+  :mod:`.fusion` for the BN whose affine a depthwise conv applies while joining its parts. Each image's
+  work is done once;
 * a soft-sharing gate: depthwise wrappers the gate covers mix all T mixed domains' outputs (eq. 8);
 * an *indexed* batch (eval only, for export): each sample's domain is a position in ``order`` given as
   a tensor; the network sorts by it and computes the slice bounds as tensors, so no Python control flow
@@ -54,6 +55,8 @@ class Router:
         self.indexed = False                # idx is the only assignment (traceable, eval): see module doc
         self.gate = None                    # GateSet of the single domain, when gated
         self.frozen_stats = False           # norms use running statistics and never update them
+        self.normalized = None              # a depthwise output its sole consumer's affine is already in
+                                            # (fusion.py): that norm applies only what follows its affine
         self.stacks = None                  # mixed, eval, eager, no autograd: the network's Stacks, checked
                                             # for this forward (else every stack is built afresh)
 
@@ -171,6 +174,10 @@ class PerDomainDepthwise(PerDomain):
 
     stacks_domains = True
 
+    def __init__(self, template: nn.Module, router: Router, path: str):
+        super().__init__(template, router, path)
+        self.__dict__["fused_norm"] = None  # the per-domain BN fed by this conv alone (set by the network)
+
     def forward(self, x):
         r = self.router
         mlp = r.gate.mlp_for(self.path) if r.gate is not None else None
@@ -183,15 +190,25 @@ class PerDomainDepthwise(PerDomain):
         if not r.per_sample or r.indexed:  # training, or a traced graph (groups = B*C needs a static B)
             return self.grouped(x)
         mode = _depthwise_mode(self.template, x, [e - s for _, s, e in r.slices])
+        norm = self.fused_norm if r.stacks is not None and mode != "per-sample" else None
         if mode == "slices":
-            return self.grouped(x)
-        w, b = self.stacked(_stack_filters)
-        if mode == "folded":
-            if r.present is not None:  # a subset of the domains: theirs, in slice order
+            if norm is None:
+                return self.grouped(x)
+            parts = [self.domains[d](x[s:e]) for d, s, e in r.slices]
+        else:
+            w, b = self.stacked(_stack_filters)
+            if mode == "per-sample":
+                return layers.per_sample_depthwise(self.template, x, w[r.idx], None if b is None else b[r.idx])
+            if r.present is not None:  # folded over a subset of the domains: theirs, in slice order
                 w, b = w[r.present], None if b is None else b[r.present]
-            return layers.folded_depthwise(self.template, x, w.flatten(0, 1), None if b is None else b.flatten(),
-                                           [(s, e) for _, s, e in r.slices])
-        return layers.per_sample_depthwise(self.template, x, w[r.idx], None if b is None else b[r.idx])
+            args = (self.template, x, w.flatten(0, 1), None if b is None else b.flatten(), [(s, e) for _, s, e in r.slices])
+            if norm is None:
+                return layers.folded_depthwise(*args)
+            parts = layers.folded_depthwise_parts(*args)
+        # the next norm's per-sample affine applied while joining the parts (fusion.py); it sees `normalized`
+        scale, shift = r.stacks.affine(norm.path)
+        y = r.normalized = layers.affine_into(parts, [(s, e) for _, s, e in r.slices], scale, shift)
+        return y
 
 
 def _bn_affine(ms):
@@ -205,11 +222,14 @@ def _ln_affine(ms):
     return torch.stack(one), torch.stack(zero)
 
 
-def _bn_per_sample(w, x, scale, shift):
-    y = layers.per_sample_affine(x, scale, shift, channel_dim=1)
+def _bn_tail(w, y):
     if hasattr(w.template, "act"):  # timm's BatchNormAct2d: BN, then its dropout and activation
         y = w.template.act(w.template.drop(y))
     return y
+
+
+def _bn_per_sample(w, x, scale, shift):
+    return _bn_tail(w, layers.per_sample_affine(x, scale, shift, channel_dim=1))
 
 
 def _ln2d_per_sample(w, x, scale, shift):  # timm's LayerNorm2d: normalise over C of an NCHW tensor
@@ -242,6 +262,8 @@ class PerDomainNorm(PerDomain):
             kind = None  # a LayerNorm over several trailing dimensions: no per-channel affine
         self._kind = kind
         self.stacks_domains = kind is not None
+        self.affine_only = kind is not None and kind[0] is _bn_affine  # eval BN: an affine, then its tail
+
 
     def stacked_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(scale, shift) [D, C] over every domain in router order (an eval-mode affine)."""
@@ -252,6 +274,9 @@ class PerDomainNorm(PerDomain):
         if r.domain is not None:
             m = self.domains[r.domain]
             return _run_eval(m, x) if r.frozen_stats and m.training else m(x)
+        if x is r.normalized:  # the depthwise conv before us applied our affine while joining its parts
+            r.normalized = None
+            return _bn_tail(self, x)
         if not r.per_sample or self._kind is None:
             return self.grouped(x)
         if r.stacks is not None:  # one gather per forward for every norm (stacks.Stacks.affine)
