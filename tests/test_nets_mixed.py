@@ -34,7 +34,7 @@ def test_stacked_equals_per_domain(method, mode, monkeypatch):
     net = make("resnet26_dw", method)
     calls = {"per_sample_depthwise": [], "folded_depthwise": []}
     for name, seen in calls.items():
-        monkeypatch.setattr(layers, name, lambda *a, real=getattr(layers, name), seen=seen: seen.append(1) or real(*a))
+        monkeypatch.setattr(layers, name, lambda *a, real=getattr(layers, name), seen=seen, **kw: seen.append(1) or real(*a, **kw))
     monkeypatch.setattr(wrappers, "MIXED_DEPTHWISE", mode)
     layout = torch.channels_last if mode == "folded" else torch.contiguous_format  # folded: channels_last only
     net.to(memory_format=layout)
@@ -58,7 +58,7 @@ def test_auto_leaves_per_sample_once_each_domain_has_enough_images(monkeypatch, 
     net = make("resnet26_dw", "dw").to(memory_format=layout)
     calls = {"per_sample_depthwise": [], "folded_depthwise": []}
     for name, seen in calls.items():
-        monkeypatch.setattr(layers, name, lambda *a, real=getattr(layers, name), seen=seen: seen.append(a[1].shape) or real(*a))
+        monkeypatch.setattr(layers, name, lambda *a, real=getattr(layers, name), seen=seen, **kw: seen.append(a[1].shape) or real(*a, **kw))
     names = [d for d in present for _ in range(wrappers.PER_SAMPLE_BELOW)] + [present[0]]
     names = names[1::2] + names[::2]  # unequal counts, shuffled: the fold pads the shorter domains
     x = torch.randn(len(names), 3, 32, 32).contiguous(memory_format=layout)
@@ -302,3 +302,97 @@ def test_fusion_pairs_only_a_norm_that_alone_consumes_the_conv():
             return self.bn(self.dw(x)) if x.sum() > 0 else x  # control flow on a tensor: fx cannot trace it
 
     assert pairs(Branchy(False)) == {}
+
+
+# --- the per-sample layout (layers.batch_in_channels) -------------------------------------------------
+def _hwbc(b, c, h, w):
+    return torch.randn(h, w, b, c).permute(2, 3, 0, 1)
+
+
+def test_batch_in_channels_is_the_folded_layout_only():
+    x = _hwbc(3, 4, 5, 6)
+    assert layers.batch_in_channels(x)
+    folded = layers.fold_batch(x)
+    assert folded.shape == (1, 12, 5, 6) and folded.is_contiguous(memory_format=torch.channels_last)
+    assert folded.data_ptr() == x.data_ptr()
+    torch.testing.assert_close(layers.unfold_batch(folded, 3), x, rtol=0, atol=0)
+    for other in (x.contiguous(), x.contiguous(memory_format=torch.channels_last), x[:1], x[:, :2]):
+        assert not layers.batch_in_channels(other)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "folded"])
+@pytest.mark.parametrize("same", [False, True])  # timm's Conv2dSame pads at run time
+def test_per_sample_depthwise_keeps_the_folded_layout(layout, same):
+    from timm.layers import Conv2dSame
+
+    torch.manual_seed(0)
+    conv = (Conv2dSame if same else torch.nn.Conv2d)(6, 12, 3, stride=2, padding=0 if same else 1, groups=6, bias=True)
+    b = 4
+    x = torch.randn(b, 6, 9, 9)
+    x = {"nchw": x, "channels_last": x.contiguous(memory_format=torch.channels_last),
+         "folded": x.permute(2, 3, 0, 1).contiguous().permute(2, 3, 0, 1)}[layout]
+    w, bias = torch.randn(b, 12, 1, 3, 3), torch.randn(b, 12)
+    ref = torch.cat([torch.nn.functional.conv2d(layers.conv_geometry(conv, x[i:i + 1])[0], w[i], bias[i], 2,
+                                                layers.conv_geometry(conv, x[i:i + 1])[1], 1, 6) for i in range(b)])
+    plain = layers.per_sample_depthwise(conv, x, w, bias)
+    kept = layers.per_sample_depthwise(conv, x, w, bias, keep_folded=True)
+    torch.testing.assert_close(plain, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(kept, ref, rtol=1e-5, atol=1e-5)
+    assert layers.batch_in_channels(kept)
+    assert plain.is_contiguous() if layout == "nchw" else layers.channels_last(plain)
+
+
+def test_shared_pointwise_is_the_trunks_own_conv_with_the_layout_kept():
+    net = make("timm/tf_efficientnet_lite0", "dw")
+    plain = create_network("timm/tf_efficientnet_lite0", method="dw", domains={"a": 5})
+    shared = [p for p, m in net.trunk.named_modules() if isinstance(m, wrappers.SharedPointwise)]
+    assert shared and all(".domains." not in p for p in shared)  # per-domain copies (conv_head) stay plain
+    assert all(layers.is_plain_pointwise(net.trunk.get_submodule(p)) for p in shared)
+    assert not any(isinstance(m, wrappers.SharedPointwise) for w in net.wrappers.values() for m in w.domains.modules())
+    assert list(net.shared_state_dict()) == list(plain.shared_state_dict())
+    conv = net.trunk.get_submodule(shared[0])
+    x = _hwbc(3, conv.in_channels, 4, 4)
+    ref = torch.nn.functional.conv2d(x.contiguous(), conv.weight, conv.bias)
+    with torch.no_grad():
+        torch.testing.assert_close(conv(x), ref, rtol=1e-5, atol=1e-5)  # outside a mixed forward: the conv
+        net.router.stacks = object()  # inside one (eval, eager, no autograd): a matmul keeping the layout
+        try:
+            y = conv(x)
+        finally:
+            net.router.clear()
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+    assert layers.batch_in_channels(y)
+
+
+@pytest.mark.parametrize("arch", ["resnet26_dw", "timm/tf_efficientnet_lite0", "timm/mobilenetv3_large_100"])
+def test_few_images_per_domain_stay_folded_between_per_sample_convs(arch, monkeypatch):
+    """A channels_last mixed batch under PER_SAMPLE_BELOW images per domain: every shared 1x1 conv after
+    the first per-sample depthwise conv gets the folded layout (no copy back to channels_last between
+    them), and the outputs still equal the per-domain forwards."""
+    net = make(arch, "dw").to(memory_format=torch.channels_last)
+    seen = []
+    for p, m in net.trunk.named_modules():
+        if isinstance(m, wrappers.SharedPointwise):
+            m.register_forward_pre_hook(lambda m, a, p=p: seen.append((p, layers.batch_in_channels(a[0]),
+                                                                       a[0].shape[-2] * a[0].shape[-1])))
+    x = torch.randn(len(NAMES), 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        out = net(x, domain=NAMES)
+        first = next((i for i, (_, f, _) in enumerate(seen) if f), None)
+        assert first is not None, "no shared 1x1 conv saw the per-sample layout"
+        # after the first: all of them on maps (SE convs on pooled [B, C, 1, 1] maps are layout-free)
+        assert [p for p, f, hw in seen[first:] if hw > 1 and not f] == []
+        seen.clear()
+        net(x[:1], domain=NAMES[0])  # one domain: the trunk as it is
+        assert seen and not any(f for _, f, _ in seen)
+    check_against_single(net, x, out)
+
+
+def test_resnet26_shortcut_on_the_folded_layout():
+    from mdl.core.nets.trunks.resnet26 import shortcut
+
+    x = _hwbc(3, 4, 6, 6)
+    for downsample, cout in ((True, 8), (False, 8), (True, 4)):
+        y = shortcut(x, cout, downsample)
+        torch.testing.assert_close(y, shortcut(x.contiguous(), cout, downsample), rtol=0, atol=1e-6)
+        assert layers.batch_in_channels(y)

@@ -24,6 +24,31 @@ def channels_last(x: torch.Tensor) -> bool:
     return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
+def batch_in_channels(x: torch.Tensor) -> bool:
+    """A [B, C, H, W] tensor stored as [H, W, B, C]: the layout in which the batch folds into channels
+    as a view ([1, B*C, H, W] channels_last), the per-sample depthwise conv's own input and output. Mixed
+    eval batches at a few images per domain keep it from one per-sample conv to the next (the shared 1x1
+    convs between them run as matmuls over [H*W*B, C]), so those convs fold and unfold without a copy."""
+    if x.dim() != 4 or not all(type(n) is int for n in x.shape) or x.shape[0] < 2:
+        return False  # (symbolic sizes: a graph being traced, which never holds this layout)
+    b, c, h, w = x.shape
+    return x.stride(1) == 1 and x.stride(0) == c and x.stride(3) == b * c and x.stride(2) == w * b * c
+
+
+def fold_batch(x: torch.Tensor) -> torch.Tensor:
+    """A ``batch_in_channels`` [B, C, H, W] as the [1, B*C, H, W] channels_last tensor it is (a view)."""
+    b, c, h, w = x.shape
+    return x.as_strided((1, b * c, h, w), (b * c * h * w, 1, w * b * c, b * c), x.storage_offset())
+
+
+def unfold_batch(y: torch.Tensor, b: int) -> torch.Tensor:
+    """A [1, B*C, H, W] channels_last tensor as the ``batch_in_channels`` [B, C, H, W] it holds (a view)."""
+    y = y.contiguous(memory_format=torch.channels_last)  # a no-op for a conv's or pool's channels_last output
+    _, bc, h, w = y.shape
+    c = bc // b
+    return y.as_strided((b, c, h, w), (c, 1, w * b * c, b * c), y.storage_offset())
+
+
 def cat_batch(ys: list[torch.Tensor]) -> torch.Tensor:
     """Concatenate along the batch (one part: itself, no copy). ``torch.cat`` keeps channels_last when
     every part has it, as every slice of a channels_last batch does."""
@@ -37,36 +62,48 @@ def is_plain_pointwise(m: nn.Module) -> bool:
 
 
 def pointwise_linear(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """``conv`` (see is_plain_pointwise) on a channels_last batch as one matmul over its [N, H, W, C] view,
-    no copy in or out. On the CPU it beats the conv on the small per-domain slices of a mixed batch (one
-    domain's conv_head on Lite0: 0.21 vs 0.56 ms for 10 images, 0.08 vs 0.085 ms for one)."""
-    y = F.linear(x.permute(0, 2, 3, 1), conv.weight.reshape(conv.out_channels, conv.in_channels), conv.bias)
-    return y.permute(0, 3, 1, 2)
+    """``conv`` (see is_plain_pointwise) as one matmul over channels, no copy in or out: over the
+    [N, H, W, C] view of a channels_last batch (on the CPU it beats the conv on the small per-domain
+    slices of a mixed batch: one domain's conv_head on Lite0, 0.21 vs 0.56 ms for 10 images, 0.08 vs
+    0.085 ms for one), or over the [H, W, B, C] view of a ``batch_in_channels`` one (the result keeps it).
+    Other layouts are copied to [N, H, W, C] first."""
+    weight = conv.weight.reshape(conv.out_channels, conv.in_channels)
+    if batch_in_channels(x):
+        return F.linear(x.permute(2, 3, 0, 1), weight, conv.bias).permute(2, 3, 0, 1)
+    return F.linear(x.permute(0, 2, 3, 1), weight, conv.bias).permute(0, 3, 1, 2)
 
 
 def per_sample_depthwise(conv: nn.Conv2d, x: torch.Tensor, weights: torch.Tensor,
-                         bias: torch.Tensor | None = None) -> torch.Tensor:
+                         bias: torch.Tensor | None = None, keep_folded: bool = False) -> torch.Tensor:
     """Stacked depthwise conv (paper eq. 7): ``weights`` [B, Cout, 1, k, k] are each sample's own filters
     (Cout a multiple of Cin); ``conv`` gives stride, padding and dilation.
 
     The batch is folded into channels, [1, B*C, H, W], and run as ONE grouped conv with groups=B*C.
-    NCHW input folds as a free view; channels_last input is folded with one permute copy (layout
-    [H, W, B*C]) because CPU depthwise kernels are far faster in channels_last, and comes back in it.
+    ``batch_in_channels`` input folds as a free view (channels_last over [H, W, B*C]), and so does NCHW
+    input ([B*C, H, W]); channels_last input is folded with one permute copy (CPU depthwise kernels are
+    far faster in channels_last). The result is NCHW for NCHW input, else channels_last (one copy out).
+    ``keep_folded`` (for a caller whose next layers read it): any input is folded channels_last (a copy
+    unless it is batch_in_channels already) and the result is ``batch_in_channels``, no copy out.
     """
-    x, padding = conv_geometry(conv, x)
     b, c, h, w = x.shape
+    if batch_in_channels(x):
+        xf = fold_batch(x)
+    elif channels_last(x) or keep_folded:
+        xf = x.permute(2, 3, 0, 1).contiguous().view(1, h, w, b * c).permute(0, 3, 1, 2)
+    else:
+        xf = x.reshape(1, b * c, h, w)
+    xf, padding = conv_geometry(conv, xf)  # timm's dynamic "same" padding reads only H and W
     cout = weights.shape[1]
     wf = weights.reshape(b * cout, 1, *weights.shape[-2:])
     bf = bias.reshape(b * cout) if bias is not None else None
-    kw = dict(stride=conv.stride, padding=padding, dilation=conv.dilation, groups=b * c)
-    if channels_last(x):
-        xf = x.permute(2, 3, 0, 1).contiguous().view(1, h, w, b * c).permute(0, 3, 1, 2)
-        y = F.conv2d(xf, wf, bf, **kw)
-        ho, wo = y.shape[-2:]
-        y = y.permute(0, 2, 3, 1).reshape(ho, wo, b, cout)              # [H', W', B, C]
-        return y.permute(2, 0, 1, 3).contiguous().permute(0, 3, 1, 2)   # [B, C, H', W'] channels_last
-    y = F.conv2d(x.reshape(1, b * c, h, w), wf, bf, **kw)
-    return y.reshape(b, cout, y.shape[-2], y.shape[-1])
+    y = F.conv2d(xf, wf, bf, stride=conv.stride, padding=padding, dilation=conv.dilation, groups=b * c)
+    ho, wo = y.shape[-2:]
+    if xf.is_contiguous():  # NCHW in, NCHW out
+        return y.reshape(b, cout, ho, wo)
+    folded = unfold_batch(y, b)
+    if keep_folded:
+        return folded
+    return folded.contiguous(memory_format=torch.channels_last)  # [B, C', H', W'] channels_last
 
 
 def folded_depthwise_parts(conv: nn.Conv2d, x: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor | None,

@@ -34,13 +34,14 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from . import layers
 from .fusion import sole_norm_consumers
 from .gate import GateSet, gated_paths
 from .layout import TrunkLayout
 from .registry import get_method
 from .stacks import Stacks
 from .trunks import classifier_path, trunk_factory
-from .wrappers import NBT, PerDomain, PerDomainDepthwise, PerDomainHead, PerDomainNorm, Router
+from .wrappers import NBT, PerDomain, PerDomainDepthwise, PerDomainHead, PerDomainNorm, Router, SharedPointwise
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 HEAD = "head"
@@ -67,6 +68,9 @@ class MultiDomainNet(nn.Module):
             parent, _, child = path.rpartition(".")
             setattr(trunk.get_submodule(parent) if parent else trunk, child, wrapper)
             self.wrappers[path] = wrapper
+        for m in trunk.modules():  # shared 1x1 convs read the per-sample layout of mixed batches (wrappers.py)
+            if type(m) is nn.Conv2d and layers.is_plain_pointwise(m):
+                SharedPointwise.install(m, self.router)
         # module path -> the wrapper owning its per-domain copies (adapters keep their conv shared)
         self._owner = {p: w for w, wrapper in self.wrappers.items() if wrapper.copies_template
                        for p in self._plain if p == w or p.startswith(w + ".")}

@@ -61,6 +61,25 @@ class Router:
                                             # for this forward (else every stack is built afresh)
 
 
+class SharedPointwise(nn.Conv2d):
+    """A shared (trunk) 1x1 conv, as the network installs it in place of ``nn.Conv2d`` (the same module:
+    class swapped, state and behaviour unchanged): in a mixed eval batch that is in the per-sample
+    depthwise convs' ``batch_in_channels`` layout it runs as a matmul that keeps the layout (the conv
+    would copy it back to channels_last first); every other input goes to ``nn.Conv2d.forward``."""
+
+    router: Router  # set in __dict__ by the network
+
+    @classmethod
+    def install(cls, conv: nn.Conv2d, router: Router) -> None:
+        conv.__class__ = cls
+        conv.__dict__["router"] = router
+
+    def forward(self, x):
+        if self.router.stacks is not None and layers.batch_in_channels(x):
+            return layers.pointwise_linear(self, x)
+        return super().forward(x)
+
+
 def _tensors(module: nn.Module) -> dict[str, torch.Tensor]:
     """A module's state (live tensors) without BN bookkeeping counters."""
     return {k: v for k, v in module.state_dict(keep_vars=True).items() if not k.endswith(NBT)}
@@ -113,7 +132,7 @@ class PerDomain(nn.Module):
         r = self.router
         if r.domain is not None:
             return self.domains[r.domain](x)
-        if self._pointwise and r.stacks is not None and layers.channels_last(x):
+        if self._pointwise and r.stacks is not None and (layers.channels_last(x) or layers.batch_in_channels(x)):
             return self.grouped(x, lambda d, part: layers.pointwise_linear(self.domains[d], part))
         return self.grouped(x)
 
@@ -135,7 +154,10 @@ class PerDomain(nn.Module):
 # bench/mixed_batch.py, bench/RESULTS.md M1):
 #   "slices"      each domain's conv on its contiguous slice of the sorted batch (one call per domain);
 #   "per-sample"  one grouped conv over the whole batch with each sample's gathered filters (groups = B*C,
-#                 paper eq. 7; a layout copy in and out);
+#                 paper eq. 7) on the batch folded into channels; a channels_last batch stays folded
+#                 (layers.batch_in_channels) from one such conv to the next, the shared 1x1 convs between
+#                 them running as matmuls (SharedPointwise): one copy in at the first, none after (on
+#                 Lite0, 10 domains x 1 image: 0.65 -> 0.81 of a one-domain batch's throughput);
 #   "folded"      one grouped conv over the batch folded domain-major: the i-th image of every domain side
 #                 by side in channels ([n, H, W, D*C], shorter domains zero-padded to the longest, n), the
 #                 domains' stacked filters used as they are; channels_last batches only;
@@ -198,7 +220,8 @@ class PerDomainDepthwise(PerDomain):
         else:
             w, b = self.stacked(_stack_filters)
             if mode == "per-sample":
-                return layers.per_sample_depthwise(self.template, x, w[r.idx], None if b is None else b[r.idx])
+                return layers.per_sample_depthwise(self.template, x, w[r.idx], None if b is None else b[r.idx],
+                                                   keep_folded=r.stacks is not None and not x.is_contiguous())
             if r.present is not None:  # folded over a subset of the domains: theirs, in slice order
                 w, b = w[r.present], None if b is None else b[r.present]
             args = (self.template, x, w.flatten(0, 1), None if b is None else b.flatten(), [(s, e) for _, s, e in r.slices])
