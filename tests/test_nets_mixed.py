@@ -74,20 +74,25 @@ def test_auto_leaves_per_sample_once_each_domain_has_enough_images(monkeypatch, 
         torch.testing.assert_close(out[i:i + 1, :net.domains[d]], net(x[i:i + 1], domain=d), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("slices", [[(0, 2), (2, 3), (3, 7)], [(0, 3), (3, 6), (6, 9)]], ids=["unequal", "equal"])
 @pytest.mark.parametrize("stride,multiplier", [(1, 1), (2, 2)])
-def test_folded_depthwise_equals_each_domains_conv(stride, multiplier):
-    """Unequal slices (zero-padded in the fold), a channel multiplier, a bias, a stride."""
+def test_folded_depthwise_equals_each_domains_conv(stride, multiplier, slices):
+    """Unequal slices (zero-padded in the fold) or equal ones (one fold copy, one join), a channel
+    multiplier, a bias, a stride; joined plain or with a per-sample affine."""
     torch.manual_seed(0)
     convs = [torch.nn.Conv2d(6, 6 * multiplier, 3, stride, 1, groups=6) for _ in range(3)]
-    slices = [(0, 2), (2, 3), (3, 7)]
-    x = torch.randn(7, 6, 9, 9).contiguous(memory_format=torch.channels_last)
+    n = slices[-1][1]
+    x = torch.randn(n, 6, 9, 9).contiguous(memory_format=torch.channels_last)
     w = torch.stack([c.weight for c in convs]).flatten(0, 1)
     b = torch.stack([c.bias for c in convs]).flatten()
+    scale, shift = torch.randn(n, 6 * multiplier), torch.randn(n, 6 * multiplier)
     with torch.no_grad():
         got = layers.folded_depthwise(convs[0], x, w, b, slices)
+        affine = layers.folded_depthwise(convs[0], x, w, b, slices, scale, shift)
         want = torch.cat([c(x[s:e]) for c, (s, e) in zip(convs, slices)])
-    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert got.is_contiguous(memory_format=torch.channels_last) and affine.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(affine, want * scale[:, :, None, None] + shift[:, :, None, None], rtol=1e-5, atol=1e-5)
 
 
 SIZES = {  # a domain with 0, 1 and many samples; sorted, reversed, interleaved
@@ -253,15 +258,18 @@ def test_one_gather_for_every_norm_and_stacks_built_once(monkeypatch):
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize("arch,pairs", [("timm/tf_efficientnet_lite0", 16), ("timm/mobilenetv3_large_100", 15),
                                         ("timm/convnext_atto", 0), ("resnet26_dw", 0)])
-def test_depthwise_joins_carry_the_next_norms_affine(arch, pairs, layout, monkeypatch):
+@pytest.mark.parametrize("extra", [["a"], []], ids=["unequal", "equal"])  # 5, 4, 4 or 4, 4, 4 images
+def test_depthwise_joins_carry_the_next_norms_affine(arch, pairs, layout, extra, monkeypatch):
     """Where a per-domain BN alone consumes a per-domain depthwise conv (read off the trunk's fx graph),
     the conv applies the BN's per-sample affine while joining its slices or fold; outputs unchanged.
     ConvNeXt's depthwise convs feed LayerNorms (not an affine), ResNet-26's feed a shared pointwise conv."""
     joins = []
-    real = layers.affine_into
+    real, fold = layers.affine_into, layers.folded_depthwise
     monkeypatch.setattr(layers, "affine_into", lambda *a: joins.append(1) or real(*a))
+    monkeypatch.setattr(layers, "folded_depthwise",  # a fold whose join applies an affine
+                        lambda *a: (joins.append(1) if len(a) == 7 else None) or fold(*a))
     net = make(arch, "dw").to(memory_format=layout)
-    names = [d for d in ("a", "b", "c") for _ in range(wrappers.PER_SAMPLE_BELOW)] + ["a"]  # 5, 4, 4 images
+    names = [d for d in ("a", "b", "c") for _ in range(wrappers.PER_SAMPLE_BELOW)] + extra
     names = names[::2] + names[1::2]
     x = torch.randn(len(names), 3, 32, 32).contiguous(memory_format=layout)
     with torch.no_grad():

@@ -106,32 +106,49 @@ def per_sample_depthwise(conv: nn.Conv2d, x: torch.Tensor, weights: torch.Tensor
     return folded.contiguous(memory_format=torch.channels_last)  # [B, C', H', W'] channels_last
 
 
-def folded_depthwise_parts(conv: nn.Conv2d, x: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor | None,
-                           slices: list[tuple[int, int]]) -> list[torch.Tensor]:
+def _folded_conv(conv: nn.Conv2d, x: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor | None,
+                 slices: list[tuple[int, int]]) -> torch.Tensor:
+    """The grouped conv of ``folded_depthwise`` -> [n, H', W', D, Cout] (channels innermost)."""
+    x, padding = conv_geometry(conv, x)
+    nhwc = x.permute(0, 2, 3, 1)  # a view of channels_last memory
+    n, d = max(e - s for s, e in slices), len(slices)
+    if all(e - s == n for s, e in slices):  # [D, n, H, W, C] -> [n, H, W, D, C]: one copy
+        folded = nhwc.reshape(d, n, *nhwc.shape[1:]).permute(1, 2, 3, 0, 4).contiguous()
+    else:
+        parts = [nhwc[s:e] if e - s == n else F.pad(nhwc[s:e], (0, 0, 0, 0, 0, 0, 0, n - (e - s))) for s, e in slices]
+        folded = torch.stack(parts, dim=3)
+    _, h, w, _, c = folded.shape
+    y = F.conv2d(folded.view(n, h, w, d * c).permute(0, 3, 1, 2), weights, bias, stride=conv.stride,
+                 padding=padding, dilation=conv.dilation, groups=d * c)
+    return y.permute(0, 2, 3, 1).reshape(n, *y.shape[-2:], d, weights.shape[0] // d)
+
+
+def folded_depthwise(conv: nn.Conv2d, x: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor | None,
+                     slices: list[tuple[int, int]], scale: torch.Tensor | None = None,
+                     shift: torch.Tensor | None = None) -> torch.Tensor:
     """Depthwise conv of a channels_last batch sorted by domain, ``slices`` [(start, end)] one per domain,
     as ONE grouped conv with the domains' own filters: the batch is folded domain-major, the i-th image
     of every domain side by side in channels ([n, H, W, D*C], n the longest slice, shorter ones
     zero-padded), so ``weights`` [D*Cout, 1, k, k] (the stacked filters, flattened: domain-major) and
-    ``bias`` [D*Cout] are used as they are, with no per-sample gather. Returns each slice's output,
-    [end - start, Cout, H', W'] views into the folded result (channels innermost)."""
-    x, padding = conv_geometry(conv, x)
-    nhwc = x.permute(0, 2, 3, 1)  # a view of channels_last memory
-    n = max(e - s for s, e in slices)
-    parts = [nhwc[s:e] if e - s == n else F.pad(nhwc[s:e], (0, 0, 0, 0, 0, 0, 0, n - (e - s))) for s, e in slices]
-    folded = torch.stack(parts, dim=3)  # [n, H, W, D, C]
-    _, h, w, d, c = folded.shape
-    y = F.conv2d(folded.view(n, h, w, d * c).permute(0, 3, 1, 2), weights, bias, stride=conv.stride,
-                 padding=padding, dilation=conv.dilation, groups=d * c)
-    ho, wo = y.shape[-2:]
-    y = y.permute(0, 2, 3, 1).reshape(n, ho, wo, d, weights.shape[0] // d)
-    return [y[:e - s, :, :, i].permute(0, 3, 1, 2) for i, (s, e) in enumerate(slices)]
-
-
-def folded_depthwise(conv: nn.Conv2d, x: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor | None,
-                     slices: list[tuple[int, int]]) -> torch.Tensor:
-    """``folded_depthwise_parts`` joined into one channels_last batch (one copy out)."""
-    parts = folded_depthwise_parts(conv, x, weights, bias, slices)
-    return torch.cat([p.permute(0, 2, 3, 1) for p in parts]).permute(0, 3, 1, 2)
+    ``bias`` [D*Cout] are used as they are, with no per-sample gather. The result is joined back into
+    one channels_last batch, with each sample's affine ``scale``/``shift`` [B, Cout] applied on the way
+    when given (a following norm's: fusion.py). Equal slices fold and join with one call each."""
+    y = _folded_conv(conv, x, weights, bias, slices)
+    n, ho, wo, d, c = y.shape
+    bounds = [(s, e) for s, e in slices]
+    if any(e - s != n for s, e in bounds):
+        parts = [y[:e - s, :, :, i].permute(0, 3, 1, 2) for i, (s, e) in enumerate(bounds)]
+        if scale is not None:
+            return _affine_into(parts, bounds, scale, shift)
+        return torch.cat([p.permute(0, 2, 3, 1) for p in parts]).permute(0, 3, 1, 2)
+    out = torch.empty((d * n, c, ho, wo), dtype=y.dtype, device=y.device, memory_format=torch.channels_last)
+    view = out.permute(0, 2, 3, 1).view(d, n, ho, wo, c).permute(1, 2, 3, 0, 4)  # out as [n, H', W', D, C]
+    if scale is None:
+        view.copy_(y)
+    else:
+        rows = lambda t: t.view(d, n, c).permute(1, 0, 2)[:, None, None]  # noqa: E731  [B, C] -> [n, 1, 1, D, C]
+        torch.addcmul(rows(shift), y, rows(scale), out=view)
+    return out
 
 
 def affine_into(parts: list[torch.Tensor], bounds: list[tuple[int, int]], scale: torch.Tensor,
@@ -144,6 +161,9 @@ def affine_into(parts: list[torch.Tensor], bounds: list[tuple[int, int]], scale:
     for part, (s, e) in zip(parts, bounds):
         torch.addcmul(shift[s:e, :, None, None], part, scale[s:e, :, None, None], out=out[s:e])
     return out
+
+
+_affine_into = affine_into  # folded_depthwise's own join (tests count the wrappers' calls of affine_into)
 
 
 def mixed_depthwise(conv: nn.Conv2d, x: torch.Tensor, stacked: torch.Tensor, mix: torch.Tensor,

@@ -227,10 +227,13 @@ class PerDomainDepthwise(PerDomain):
             args = (self.template, x, w.flatten(0, 1), None if b is None else b.flatten(), [(s, e) for _, s, e in r.slices])
             if norm is None:
                 return layers.folded_depthwise(*args)
-            parts = layers.folded_depthwise_parts(*args)
         # the next norm's per-sample affine applied while joining the parts (fusion.py); it sees `normalized`
         scale, shift = r.stacks.affine(norm.path)
-        y = r.normalized = layers.affine_into(parts, [(s, e) for _, s, e in r.slices], scale, shift)
+        if mode == "slices":
+            y = layers.affine_into(parts, [(s, e) for _, s, e in r.slices], scale, shift)
+        else:
+            y = layers.folded_depthwise(*args, scale, shift)
+        r.normalized = y
         return y
 
 
