@@ -344,5 +344,11 @@ class PerDomainHead(PerDomain):
         # padded to the widest head of the batch's domains (of every domain in an indexed graph: static)
         present = r.order if r.indexed else [d for d, _, _ in r.slices]
         maxk = max(self.domains[d].out_features for d in present)
+        if r.stacks is not None:  # eager eval, no autograd: each head writes its rows of one -inf table
+            out = x.new_full((x.shape[0], maxk), float("-inf"))
+            for d, s, e in r.slices:
+                head = self.domains[d]
+                torch.addmm(head.bias, x[s:e], head.weight.t(), out=out[s:e, :head.out_features])
+            return out
         ys = [self.domains[d](self._drop(d, x[s:e])) for d, s, e in r.slices]
         return torch.cat([F.pad(y, (0, maxk - y.shape[1]), value=float("-inf")) for y in ys])
