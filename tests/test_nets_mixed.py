@@ -404,3 +404,33 @@ def test_resnet26_shortcut_on_the_folded_layout():
         y = shortcut(x, cout, downsample)
         torch.testing.assert_close(y, shortcut(x.contiguous(), cout, downsample), rtol=0, atol=1e-6)
         assert layers.batch_in_channels(y)
+
+
+def test_filter_share_is_read_once_per_input_shape():
+    """Per image: depthwise filter size over depthwise input size; ResNet-26's 3x3 filters on large maps
+    are a far smaller share than Lite0's 5x5 ones on small maps; larger images, smaller shares."""
+    res, lite = make("resnet26_dw", "dw"), make("timm/tf_efficientnet_lite0", "dw")
+    calls = []
+    lite.trunk.register_forward_pre_hook(lambda m, a: calls.append(1))
+    x32, x64 = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 64, 64)
+    shares = [lite.filter_share(x32), lite.filter_share(x32), lite.filter_share(x64)]
+    assert len(calls) == 2 and shares[0] == shares[1] > shares[2] > 0  # one probe per shape
+    assert res.filter_share(x64) < 0.2 * shares[2]
+    assert make("resnet26", "bn").filter_share(x64) == float("inf")  # no per-domain depthwise convs
+
+
+@pytest.mark.parametrize("share_below,per_sample", [(float("inf"), True), (0.0, False)])
+def test_auto_goes_per_sample_at_more_images_when_filters_are_a_small_share(monkeypatch, share_below, per_sample):
+    net = make("resnet26_dw", "dw").to(memory_format=torch.channels_last)
+    monkeypatch.setattr(wrappers, "PER_SAMPLE_FILTER_SHARE", share_below)
+    calls = []
+    real = layers.per_sample_depthwise
+    monkeypatch.setattr(layers, "per_sample_depthwise", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    names = [d for d in ("a", "b", "c") for _ in range(wrappers.PER_SAMPLE_BELOW)][::-1]  # enough images each
+    x = torch.randn(len(names), 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        out = net(x, domain=names)
+    assert (len(calls) == 25) == per_sample and (len(calls) == 0) == (not per_sample)
+    for i, d in enumerate(names):
+        ref = net(x[i:i + 1], domain=d)
+        torch.testing.assert_close(out[i:i + 1, :net.domains[d]], ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())

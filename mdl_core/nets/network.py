@@ -34,7 +34,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from . import layers
+from . import layers, wrappers
 from .fusion import sole_norm_consumers
 from .gate import GateSet, gated_paths
 from .layout import TrunkLayout
@@ -80,6 +80,7 @@ class MultiDomainNet(nn.Module):
         self._stacked = [w for w in self.wrappers.values() if w.stacks_domains]
         self._affine_norms = [w for w in self._stacked if hasattr(w, "stacked_affine")]
         self._fusion_read = False  # depthwise -> sole-consumer BN pairs, read off the trunk at first use
+        self._filter_shares: dict = {}  # input shape, device, dtype -> filter_share (read at first use)
         self.trunk = trunk
         self.gates = nn.ModuleDict()
         self.register_buffer("_anchor", torch.empty(0), persistent=False)
@@ -393,8 +394,11 @@ class MultiDomainNet(nn.Module):
         """The trunk over ``x[perm]`` (sorted by domain: ``slices`` [(domain, start, end)], the domains at
         ``present`` in ``order``, None: all), back in ``x``'s order. ``perm`` None: already sorted."""
         r = self.router
+        prefer = not self.training and not indexed and (
+            x.shape[0] < wrappers.PER_SAMPLE_BELOW * len(slices)
+            or self.filter_share(x) < wrappers.PER_SAMPLE_FILTER_SHARE)
         r.order, r.slices, r.idx, r.present = order, slices, idx_sorted, present
-        r.per_sample, r.indexed = not self.training, indexed
+        r.per_sample, r.indexed, r.prefer_per_sample = not self.training, indexed, prefer
         if r.per_sample and not indexed and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
             self._stacks.refresh(self._stacked, self._affine_norms, order, idx_sorted)
             r.stacks = self._stacks
@@ -406,6 +410,29 @@ class MultiDomainNet(nn.Module):
             self._stacks.release()
             r.clear()
         return y if perm is None else y[torch.argsort(perm)]
+
+    def filter_share(self, x: torch.Tensor) -> float:
+        """Per image, the size of the per-domain depthwise filters over the size of their inputs, for
+        batches shaped like ``x`` (what a per-sample depthwise pass gathers per unit of conv work). Read
+        once per input shape, device and dtype off a one-image, one-domain pass (hooks on the depthwise
+        wrappers); inf without per-domain depthwise convs or inside a compiled graph."""
+        key = (tuple(x.shape[1:]), x.device, x.dtype)
+        share = self._filter_shares.get(key)
+        if share is None:
+            convs = [w for w in self.wrappers.values() if isinstance(w, PerDomainDepthwise)]
+            if not convs or torch.compiler.is_compiling():
+                return float("inf")
+            sizes = []
+            hooks = [w.register_forward_pre_hook(lambda m, a: sizes.append((m.template.weight.numel(), a[0][0].numel())))
+                     for w in convs]
+            try:
+                with torch.no_grad():
+                    self.forward(x[:1], next(iter(self.head.domains)))
+            finally:
+                for h in hooks:
+                    h.remove()
+            share = self._filter_shares[key] = sum(f for f, _ in sizes) / max(1, sum(a for _, a in sizes))
+        return share
 
     def _read_fusion(self) -> None:
         """Pair each per-domain depthwise conv with the per-domain BN that alone consumes it (fusion.py)."""

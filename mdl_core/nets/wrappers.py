@@ -52,6 +52,7 @@ class Router:
                                                   # (None: every domain, in order)
         self.order: list[str] = []          # every registered domain, in stacking order
         self.per_sample = False             # mixed and in eval: per-sample stacked paths allowed
+        self.prefer_per_sample = False      # ... and chosen for every depthwise layer under "auto"
         self.indexed = False                # idx is the only assignment (traceable, eval): see module doc
         self.gate = None                    # GateSet of the single domain, when gated
         self.frozen_stats = False           # norms use running statistics and never update them
@@ -167,19 +168,26 @@ class PerDomain(nn.Module):
 #                 image each per-sample beats slices 2-3x on every layer and folded on every layer; at 10
 #                 each folded beats slices by 0.4-0.6 ms on each stride-1 map of <= 8x8 (10 layers) and
 #                 loses on 16x16 maps (2.5x: its fold copies 15 MB) and on stride-2 layers.
+# Per-sample also at more images per domain when the filters it gathers per image are small next to the
+# depthwise inputs they run on (the network's ``filter_share`` at the batch's resolution): the gather, and
+# oneDNN's re-layout of the gathered filters, grow with B * filters, the conv with B * activations.
+# Measured at 10 images per domain (bench/RESULTS.md M): per-sample wins on ResNet-26 at share 0.029 (64 px)
+# and 0.007 (128 px), loses or ties on Lite0 / MobileNetV3 at 0.117-0.59.
 MIXED_DEPTHWISE = "auto"
 PER_SAMPLE_BELOW = 4
+PER_SAMPLE_FILTER_SHARE = 0.06
 FOLD_MAX_POSITIONS = 64
 FOLD_WASTE = 1.5
 
 
-def _depthwise_mode(conv: nn.Conv2d, x: torch.Tensor, counts: list[int]) -> str:
+def _depthwise_mode(conv: nn.Conv2d, x: torch.Tensor, counts: list[int], per_sample: bool) -> str:
+    """The mode of one depthwise layer; ``per_sample``: the network's per-forward choice for ``auto``."""
     mode = MIXED_DEPTHWISE
     if mode == "folded" and not layers.channels_last(x):
         return "per-sample"
     if mode != "auto":
         return mode
-    if x.shape[0] < PER_SAMPLE_BELOW * len(counts):
+    if per_sample:
         return "per-sample"
     if (layers.channels_last(x) and tuple(conv.stride) == (1, 1) and x.shape[-2] * x.shape[-1] <= FOLD_MAX_POSITIONS
             and max(counts) * len(counts) <= FOLD_WASTE * x.shape[0]):
@@ -211,7 +219,7 @@ class PerDomainDepthwise(PerDomain):
             return self.domains[r.domain](x)
         if not r.per_sample or r.indexed:  # training, or a traced graph (groups = B*C needs a static B)
             return self.grouped(x)
-        mode = _depthwise_mode(self.template, x, [e - s for _, s, e in r.slices])
+        mode = _depthwise_mode(self.template, x, [e - s for _, s, e in r.slices], r.prefer_per_sample)
         norm = self.fused_norm if r.stacks is not None and mode != "per-sample" else None
         if mode == "slices":
             if norm is None:
