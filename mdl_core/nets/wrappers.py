@@ -228,10 +228,11 @@ class PerDomainDepthwise(PerDomain):
         else:
             w, b = self.stacked(_stack_filters)
             if mode == "per-sample":
-                return layers.per_sample_depthwise(self.template, x, w[r.idx], None if b is None else b[r.idx],
+                pick = lambda t: None if t is None else t.index_select(0, r.idx)  # noqa: E731  (3x faster than t[idx])
+                return layers.per_sample_depthwise(self.template, x, pick(w), pick(b),
                                                    keep_folded=r.stacks is not None and not x.is_contiguous())
             if r.present is not None:  # folded over a subset of the domains: theirs, in slice order
-                w, b = w[r.present], None if b is None else b[r.present]
+                w, b = w.index_select(0, r.present), None if b is None else b.index_select(0, r.present)
             args = (self.template, x, w.flatten(0, 1), None if b is None else b.flatten(), [(s, e) for _, s, e in r.slices])
             if norm is None:
                 return layers.folded_depthwise(*args)
