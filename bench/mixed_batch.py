@@ -92,7 +92,7 @@ def bench(arch: str, k: int, px: int, repeats: int) -> dict:
     conv_forward = nn.Conv2d.forward
 
     def as_matmul(conv, t):
-        return layers.pointwise_linear(conv, t) if layers.is_plain_pointwise(conv) and layers.channels_last(t) \
+        return layers.pointwise_linear(conv, t) if layers.is_plain_pointwise(conv) and layers.matmul_layout(t) \
             else conv_forward(conv, t)
 
     def single_mm():

@@ -327,6 +327,11 @@ def test_batch_in_channels_is_the_folded_layout_only():
     torch.testing.assert_close(layers.unfold_batch(folded, 3), x, rtol=0, atol=0)
     for other in (x.contiguous(), x.contiguous(memory_format=torch.channels_last), x[:1], x[:, :2]):
         assert not layers.batch_in_channels(other)
+    assert layers.matmul_layout(x) and layers.matmul_layout(x.contiguous(memory_format=torch.channels_last))
+    assert not layers.matmul_layout(x.contiguous()) and layers.matmul_layout(torch.randn(3, 4, 1, 1))  # 1x1 maps: any
+    conv = torch.nn.Conv2d(4, 5, 1)
+    for t in (x, x.contiguous(memory_format=torch.channels_last), torch.randn(3, 4, 1, 1)):
+        torch.testing.assert_close(layers.pointwise_linear(conv, t), conv(t.contiguous()), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("layout", ["nchw", "channels_last", "folded"])

@@ -133,7 +133,7 @@ class PerDomain(nn.Module):
         r = self.router
         if r.domain is not None:
             return self.domains[r.domain](x)
-        if self._pointwise and r.stacks is not None and (layers.channels_last(x) or layers.batch_in_channels(x)):
+        if self._pointwise and r.stacks is not None and layers.matmul_layout(x):
             return self.grouped(x, lambda d, part: layers.pointwise_linear(self.domains[d], part))
         return self.grouped(x)
 
