@@ -142,11 +142,10 @@ def folded_depthwise(conv: nn.Conv2d, x: torch.Tensor, weights: torch.Tensor, bi
     when given (a following norm's: fusion.py). Equal slices fold and join with one call each."""
     y = _folded_conv(conv, x, weights, bias, slices)
     n, ho, wo, d, c = y.shape
-    bounds = [(s, e) for s, e in slices]
-    if any(e - s != n for s, e in bounds):
-        parts = [y[:e - s, :, :, i].permute(0, 3, 1, 2) for i, (s, e) in enumerate(bounds)]
+    if any(e - s != n for s, e in slices):
+        parts = [y[:e - s, :, :, i].permute(0, 3, 1, 2) for i, (s, e) in enumerate(slices)]
         if scale is not None:
-            return _affine_into(parts, bounds, scale, shift)
+            return _affine_into(parts, slices, scale, shift)
         return torch.cat([p.permute(0, 2, 3, 1) for p in parts]).permute(0, 3, 1, 2)
     out = torch.empty((d * n, c, ho, wo), dtype=y.dtype, device=y.device, memory_format=torch.channels_last)
     view = out.permute(0, 2, 3, 1).view(d, n, ho, wo, c).permute(1, 2, 3, 0, 4)  # out as [n, H', W', D, C]
