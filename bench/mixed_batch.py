@@ -8,7 +8,8 @@ sort-free path), one run times, in interleaved rounds (median):
 
   single      a batch of the same size from one domain (the cost to match)
   auto        the mixed batch as mdl runs it (the default ``MIXED_DEPTHWISE = "auto"``: per-sample below
-              PER_SAMPLE_BELOW images per domain, else slices)
+              PER_SAMPLE_BELOW images per domain or where the filters are a small share of their
+              inputs, else folded on small stride-1 maps, else slices)
   slices      the mixed batch, depthwise convs per domain on its slice of the sorted batch
   per-sample  the mixed batch, depthwise convs as one grouped conv with per-sample filters (eq. 7)
   loop        one forward per domain on its samples (what a user would write without mdl)
@@ -147,7 +148,9 @@ def markdown(res: dict) -> str:
                      f"{r.get('auto_over_single_mm', float('nan')):.2f} | {d['auto']:.1e} |")
     lines += ["", f"mdl runs mixed eval batches in mode `{res['rows'][0]['chosen_mode']}` "
               "(`mdl.core.nets.wrappers.MIXED_DEPTHWISE`; per-sample below "
-              f"{res.get('per_sample_below', '?')} images per domain, else folded on small stride-1 maps, else slices).", ""]
+              f"{res.get('per_sample_below', '?')} images per domain or when the depthwise filters are under "
+              f"{res.get('per_sample_filter_share', '?')} of their inputs' size, else folded on small stride-1 maps, "
+              "else slices).", ""]
     return "\n".join(lines)
 
 
@@ -174,7 +177,8 @@ def main(argv=None) -> None:
 
         from mdl.core.nets import wrappers
 
-        res = {"machine": machine(), "repeats": a.repeats, "per_sample_below": wrappers.PER_SAMPLE_BELOW, "rows": [],
+        res = {"machine": machine(), "repeats": a.repeats, "per_sample_below": wrappers.PER_SAMPLE_BELOW,
+               "per_sample_filter_share": wrappers.PER_SAMPLE_FILTER_SHARE, "rows": [],
                "machines": {}}
         regimes = MALLOC_REGIMES if a.malloc == "both" else (a.malloc,)
         cell_args = [f"--px={a.px}", f"--repeats={a.repeats}"] + [f"--arch={x}" for x in a.arch or []] + \

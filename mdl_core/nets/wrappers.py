@@ -158,7 +158,8 @@ class PerDomain(nn.Module):
 #                 paper eq. 7) on the batch folded into channels; a channels_last batch stays folded
 #                 (layers.batch_in_channels) from one such conv to the next, the shared 1x1 convs between
 #                 them running as matmuls (SharedPointwise): one copy in at the first, none after (on
-#                 Lite0, 10 domains x 1 image: 0.65 -> 0.81 of a one-domain batch's throughput);
+#                 Lite0, 10 domains x 1 image: 0.68 -> 0.84 of a one-domain batch's throughput, 0.69 of
+#                 one whose 1x1 convs ran as matmuls too: bench/RESULTS.md M);
 #   "folded"      one grouped conv over the batch folded domain-major: the i-th image of every domain side
 #                 by side in channels ([n, H, W, D*C], shorter domains zero-padded to the longest, n), the
 #                 domains' stacked filters used as they are; channels_last batches only;
