@@ -1,9 +1,17 @@
-"""Mixed batches: the stacked single pass equals per-domain forwards; padding is -inf."""
+"""Mixed batches: the stacked single pass equals per-domain forwards; padding is -inf.
+
+These tests guard the per-layer paths (slices, per-sample, folded per layer), which every trunk that
+cannot run domain-folded takes; the whole-trunk fold is off here and tested in test_domain_fold.py."""
 import pytest
 import torch
 
 from mdl.core import create_network
-from mdl.core.nets import layers, wrappers
+from mdl.core.nets import domain_fold, layers, wrappers
+
+
+@pytest.fixture(autouse=True)
+def _per_layer_paths(monkeypatch):
+    monkeypatch.setattr(domain_fold, "ENABLED", False)
 
 NAMES = ["a", "b", "c", "a", "c", "b", "b", "a"]
 

@@ -28,13 +28,21 @@ class _Tracer(fx.Tracer):
         return isinstance(m, self._leaves + (nn.Conv2d,)) or super().is_leaf_module(m, qualname)
 
 
+def trace_trunk(trunk: nn.Module, leaves: tuple[type, ...]) -> fx.Graph | None:
+    """The trunk's fx graph with ``leaves`` and every conv as single nodes; None when it cannot be traced
+    (Python control flow on tensors): then no layout or fusion is inferred from it."""
+    try:
+        return _Tracer(leaves).trace(trunk)
+    except Exception:  # noqa: BLE001 - any trace failure means: nothing inferred
+        return None
+
+
 def sole_norm_consumers(trunk: nn.Module, producers: tuple[type, ...], consumers: tuple[type, ...],
                         leaves: tuple[type, ...]) -> dict[str, str]:
     """{producer module path: consumer module path} for every module of a ``producers`` type whose output
     goes to one module of a ``consumers`` type and to nothing else; {} when the trunk cannot be traced."""
-    try:
-        graph = _Tracer(leaves).trace(trunk)
-    except Exception:  # noqa: BLE001 - any trace failure means: no fusion
+    graph = trace_trunk(trunk, leaves)
+    if graph is None:
         return {}
     modules = dict(trunk.named_modules())
     pairs = {}

@@ -34,8 +34,8 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from . import layers, wrappers
-from .fusion import sole_norm_consumers
+from . import domain_fold, layers, wrappers
+from .fusion import sole_norm_consumers, trace_trunk
 from .gate import GateSet, gated_paths
 from .layout import TrunkLayout
 from .registry import get_method
@@ -80,6 +80,7 @@ class MultiDomainNet(nn.Module):
         self._stacked = [w for w in self.wrappers.values() if w.stacks_domains]
         self._affine_norms = [w for w in self._stacked if hasattr(w, "stacked_affine")]
         self._fusion_read = False  # depthwise -> sole-consumer BN pairs, read off the trunk at first use
+        self._foldable: bool | None = None  # whether mixed batches can run domain-folded (at first use)
         self._filter_shares: dict = {}  # input shape, device, dtype -> filter_share (read at first use)
         self.trunk = trunk
         self.gates = nn.ModuleDict()
@@ -394,15 +395,19 @@ class MultiDomainNet(nn.Module):
         """The trunk over ``x[perm]`` (sorted by domain: ``slices`` [(domain, start, end)], the domains at
         ``present`` in ``order``, None: all), back in ``x``'s order. ``perm`` None: already sorted."""
         r = self.router
-        prefer = not self.training and not indexed and (
+        eager = not self.training and not indexed and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+        fold = None
+        if eager and wrappers.MIXED_DEPTHWISE == "auto" and domain_fold.ENABLED and x.dim() == 4 and self.foldable():
+            fold = domain_fold.plan([(s, e) for _, s, e in slices], present)
+        prefer = fold is None and not self.training and not indexed and (
             x.shape[0] < wrappers.PER_SAMPLE_BELOW * len(slices)
             or self.filter_share(x) < wrappers.PER_SAMPLE_FILTER_SHARE)
         r.order, r.slices, r.idx, r.present = order, slices, idx_sorted, present
         r.per_sample, r.indexed, r.prefer_per_sample = not self.training, indexed, prefer
-        if r.per_sample and not indexed and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        if eager:
             self._stacks.refresh(self._stacked, self._affine_norms, order, idx_sorted)
-            r.stacks = self._stacks
-            if not self._fusion_read:
+            r.stacks, r.fold = self._stacks, fold
+            if not self._fusion_read and fold is None:
                 self._read_fusion()
         try:
             y = self.trunk(x if perm is None else x[perm])  # advanced indexing keeps channels_last (index_select not)
@@ -433,6 +438,15 @@ class MultiDomainNet(nn.Module):
                     h.remove()
             share = self._filter_shares[key] = sum(f for f, _ in sizes) / max(1, sum(a for _, a in sizes))
         return share
+
+    def foldable(self) -> bool:
+        """Whether mixed eval batches can run the trunk domain-folded (domain_fold.py): read once off the
+        trunk's fx graph; False for a trunk fx cannot trace."""
+        if self._foldable is None:
+            graph = trace_trunk(self.trunk, (PerDomain,))
+            self._foldable = graph is not None and domain_fold.foldable(
+                graph, dict(self.trunk.named_modules()), wrappers.fold_role)
+        return self._foldable
 
     def _read_fusion(self) -> None:
         """Pair each per-domain depthwise conv with the per-domain BN that alone consumes it (fusion.py)."""

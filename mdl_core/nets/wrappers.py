@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import layers
+from . import domain_fold, layers
 
 NBT = "num_batches_tracked"  # BN bookkeeping, not a weight: left out of every exported state dict
 
@@ -60,6 +60,7 @@ class Router:
                                             # (fusion.py): that norm applies only what follows its affine
         self.stacks = None                  # mixed, eval, eager, no autograd: the network's Stacks, checked
                                             # for this forward (else every stack is built afresh)
+        self.fold: domain_fold.Fold | None = None  # mixed, with stacks: the trunk runs domain-folded
 
 
 class SharedPointwise(nn.Conv2d):
@@ -76,6 +77,9 @@ class SharedPointwise(nn.Conv2d):
         conv.__dict__["router"] = router
 
     def forward(self, x):
+        fold = self.router.fold
+        if fold is not None and fold.entered:
+            return domain_fold.shared_pointwise(self, x, fold.d)
         if self.router.stacks is not None and layers.batch_in_channels(x):
             return layers.pointwise_linear(self, x)
         return super().forward(x)
@@ -108,6 +112,8 @@ class PerDomain(nn.Module):
         self.__dict__["router"] = router
         self.path = path
         self._pointwise = layers.is_plain_pointwise(template)
+        if self._pointwise:
+            self.stacks_domains = True  # a domain-folded batch reads its domains' 1x1 convs stacked
 
     # --- domains -------------------------------------------------------------------------------
     def add(self, name: str, device, dtype, **_) -> None:
@@ -133,6 +139,10 @@ class PerDomain(nn.Module):
         r = self.router
         if r.domain is not None:
             return self.domains[r.domain](x)
+        if r.fold is not None and self._pointwise:  # fold_role "pointwise" (others run before the fold)
+            x = r.fold.enter(x)
+            weight_t, bias = self.stacked(_stack_pointwise_t)
+            return domain_fold.per_domain_pointwise(r.fold.rows(weight_t), None if bias is None else r.fold.rows(bias), x, r.fold.d)
         if self._pointwise and r.stacks is not None and layers.matmul_layout(x):
             return self.grouped(x, lambda d, part: layers.pointwise_linear(self.domains[d], part))
         return self.grouped(x)
@@ -144,11 +154,11 @@ class PerDomain(nn.Module):
 
     def stacked(self, build: Callable[[list[nn.Module]], object]):
         """``build`` over every domain's copy in router order: from the network's stacks when the forward
-        has them (built once, kept until a tensor changes), else afresh (autograd on, or a graph being
-        traced: the stack must be part of the graph)."""
+        has them (built once per ``build``, kept until a tensor changes), else afresh (autograd on, or a
+        graph being traced: the stack must be part of the graph)."""
         r = self.router
         fresh = lambda: build([self.domains[d] for d in r.order])  # noqa: E731
-        return fresh() if r.stacks is None else r.stacks.get(self.path, fresh)
+        return fresh() if r.stacks is None else r.stacks.get((self.path, build), fresh)
 
 
 # How a mixed eval batch runs its depthwise convs (measured layer by layer inside the network and whole:
@@ -196,6 +206,12 @@ def _depthwise_mode(conv: nn.Conv2d, x: torch.Tensor, counts: list[int], per_sam
     return "slices"
 
 
+def _stack_pointwise_t(ms):
+    """Per-domain 1x1 convs as [D, Cin, Cout] (transposed for a batched matmul) and bias [D, 1, Cout]."""
+    weight = torch.stack([m.weight.reshape(m.out_channels, m.in_channels).t() for m in ms])
+    return weight, torch.stack([m.bias for m in ms])[:, None] if ms[0].bias is not None else None
+
+
 def _stack_filters(ms):
     return torch.stack([m.weight for m in ms]), torch.stack([m.bias for m in ms]) if ms[0].bias is not None else None
 
@@ -218,6 +234,10 @@ class PerDomainDepthwise(PerDomain):
             return layers.mixed_depthwise(convs[0], x, torch.stack([c.weight for c in convs]), mlp(x), bias)
         if r.domain is not None:
             return self.domains[r.domain](x)
+        if r.fold is not None:
+            w, b = self.stacked(_stack_filters)
+            return domain_fold.depthwise(self.template, r.fold.enter(x), r.fold.rows(w).flatten(0, 1),
+                                         None if b is None else r.fold.rows(b).flatten(), layers.conv_geometry)
         if not r.per_sample or r.indexed:  # training, or a traced graph (groups = B*C needs a static B)
             return self.grouped(x)
         mode = _depthwise_mode(self.template, x, [e - s for _, s, e in r.slices], r.prefer_per_sample)
@@ -310,6 +330,9 @@ class PerDomainNorm(PerDomain):
         if r.domain is not None:
             m = self.domains[r.domain]
             return _run_eval(m, x) if r.frozen_stats and m.training else m(x)
+        if r.fold is not None:  # an eval BN (fold_role "norm")
+            scale, shift = self.stacked(_bn_affine)
+            return _bn_tail(self, domain_fold.affine(r.fold.enter(x), r.fold.rows(scale), r.fold.rows(shift)))
         if x is r.normalized:  # the depthwise conv before us applied our affine while joining its parts
             r.normalized = None
             return _bn_tail(self, x)
@@ -354,6 +377,9 @@ class PerDomainHead(PerDomain):
         # padded to the widest head of the batch's domains (of every domain in an indexed graph: static)
         present = r.order if r.indexed else [d for d, _, _ in r.slices]
         maxk = max(self.domains[d].out_features for d in present)
+        if r.fold is not None:  # the folded features [n, D*C]: each head on its slots, into the sorted rows
+            out = x.new_full((r.fold.bounds[-1][1], maxk), float("-inf"))
+            return domain_fold.heads([self.domains[d] for d in present], x, r.fold, out)
         if r.stacks is not None:  # eager eval, no autograd: each head writes its rows of one -inf table
             out = x.new_full((x.shape[0], maxk), float("-inf"))
             for d, s, e in r.slices:
@@ -362,3 +388,18 @@ class PerDomainHead(PerDomain):
             return out
         ys = [self.domains[d](self._drop(d, x[s:e])) for d, s, e in r.slices]
         return torch.cat([F.pad(y, (0, maxk - y.shape[1]), value=float("-inf")) for y in ys])
+
+
+def fold_role(m: nn.Module) -> str | None:
+    """What ``m`` does on a domain-folded batch (domain_fold.py), None if it cannot take one."""
+    if isinstance(m, SharedPointwise):
+        return "shared"
+    if type(m) is PerDomainDepthwise:
+        return "depthwise"
+    if type(m) is PerDomainNorm and m.affine_only:
+        return "norm"
+    if type(m) is PerDomain and m._pointwise:
+        return "pointwise"
+    if type(m) is PerDomainHead:
+        return "head"
+    return None

@@ -1,0 +1,139 @@
+"""Domain-folded mixed batches (domain_fold.py): the whole trunk on [n, D*C, H, W] equals per-domain forwards."""
+import pytest
+import torch
+import torch.fx as fx
+from torch import nn
+
+from mdl.core import create_network
+from mdl.core.nets import domain_fold, wrappers
+
+LITE0, MNV3 = "timm/tf_efficientnet_lite0", "timm/mobilenetv3_large_100"
+DOMAINS = {"a": 5, "b": 3, "c": 7, "d": 2}
+
+
+def make(arch, method="dw"):
+    torch.manual_seed(0)
+    net = create_network(arch, method=method, domains=DOMAINS)
+    with torch.no_grad():  # every domain's tensors differ (BN statistics included)
+        for d in net.domains:
+            for k, t in net.domain_tensors(d).items():
+                t.mul_(1 + 0.2 * torch.rand_like(t)) if k.endswith("running_var") else t.add_(0.05 * torch.randn_like(t))
+    return net.eval()
+
+
+def count_entries(monkeypatch):
+    seen = []
+    real = domain_fold.Fold.enter
+    monkeypatch.setattr(domain_fold.Fold, "enter", lambda self, x: seen.append(self.entered) or real(self, x))
+    return seen
+
+
+def check(net, x, names, out):
+    assert out.shape == (len(names), max(net.domains[d] for d in set(names)))
+    for i, d in enumerate(names):
+        k = net.domains[d]
+        ref = net(x[i:i + 1], domain=d)
+        torch.testing.assert_close(out[i:i + 1, :k], ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+        assert torch.isneginf(out[i, k:]).all()
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("names", [
+    list("abcd") * 3,                           # equal slices, sorted order interleaved
+    list("dcba"),                               # one image per domain, reversed order
+    list("aabbbcc") + ["a"],                    # unequal slices (zero-padded slots), d absent
+    list("cacaca"),                             # a subset of the domains, equal slices
+])
+@pytest.mark.parametrize("arch,method", [(LITE0, "dw"), (MNV3, "dw"), (LITE0, "finetune")])
+def test_folded_equals_per_domain(arch, method, names, layout, monkeypatch):
+    net = make(arch, method).to(memory_format=layout)
+    assert net.foldable()
+    entries = count_entries(monkeypatch)
+    x = torch.randn(len(names), 3, 32, 32).contiguous(memory_format=layout)
+    with torch.no_grad():
+        out = net(x, domain=names)
+    assert entries and entries[0] is False and all(entries[1:])  # folded once, by the first per-domain module
+    check(net, x, names, out)
+
+
+def test_fold_follows_changed_tensors(monkeypatch):
+    """A stack built for one forward is rebuilt after a domain's tensors change in place."""
+    net = make(LITE0)
+    x = torch.randn(4, 3, 32, 32)
+    names = list("abcd")
+    with torch.no_grad():
+        net(x, domain=names)
+        for t in net.domain_tensors("b").values():
+            t.add_(0.1)
+        out = net(x, domain=names)
+    check(net, x, names, out)
+
+
+def test_no_fold_outside_eager_eval_or_when_padding_wastes_too_much(monkeypatch):
+    net = make(LITE0)
+    entries = count_entries(monkeypatch)
+    x = torch.randn(8, 3, 32, 32)
+    lopsided = list("aaaaaab") + ["c"]  # 3 domains x 6 slots for 8 images: over FOLD_WASTE
+    with torch.no_grad():
+        out = net(x, domain=lopsided)
+    assert entries == []
+    check(net, x, lopsided, out)
+    net(x, domain=list("abcd") * 2)  # autograd on: the per-layer path
+    monkeypatch.setattr(wrappers, "MIXED_DEPTHWISE", "slices")  # an explicit per-layer mode
+    with torch.no_grad():
+        net(x, domain=list("abcd") * 2)
+    assert entries == []
+
+
+def test_plan_waste():
+    assert domain_fold.plan([(0, 2), (2, 4)], None).n == 2
+    assert domain_fold.plan([(0, 3), (3, 4)], None).n == 3  # 6 slots for 4 images: 1.5, allowed
+    assert domain_fold.plan([(0, 4), (4, 5)], None) is None  # 8 slots for 5 images
+
+
+@pytest.mark.parametrize("arch,method", [("resnet26_dw", "dw"), (LITE0, "bn"), (LITE0, "parallel-adapter"),
+                                         (LITE0, "classifier-only")])
+def test_trunks_and_methods_that_do_not_qualify(arch, method):
+    """fx cannot trace ResNet-26 (its shortcut branches on the layout); a shared depthwise conv, an
+    adapter or a head alone are not modules the folded layout knows."""
+    assert not create_network(arch, method=method, domains=DOMAINS, width=0.25 if arch == "resnet26_dw" else 1.0).foldable()
+
+
+class _Toy(nn.Module):
+    def __init__(self, op):
+        super().__init__()
+        self.norm, self.conv, self.head, self.op = nn.BatchNorm2d(4), nn.Conv2d(4, 4, 1), nn.Linear(4, 2), op
+
+    def forward(self, x):
+        y = self.op(self.conv(self.norm(x)), x)
+        return self.head(y.mean((2, 3)))
+
+
+@pytest.mark.parametrize("op,ok", [
+    (lambda y, x: y + 1, True),
+    (lambda y, x: y * torch.sigmoid(y), True),
+    (lambda y, x: y + x, False),                       # reads the input from before the fold
+    (lambda y, x: torch.cat([y, y], 1)[:, :4], False),  # channel semantics
+    (lambda y, x: y.softmax(1), False),
+])
+def test_foldable_reads_the_graph(op, ok):
+    roles = {nn.BatchNorm2d: "norm", nn.Conv2d: "shared", nn.Linear: "head"}
+    toy = _Toy(op)
+    graph = fx.symbolic_trace(toy).graph
+    assert domain_fold.foldable(graph, dict(toy.named_modules()), lambda m: roles.get(type(m))) is ok
+
+
+def test_a_shared_conv_is_never_the_entry():
+    """The fold starts at the first per-domain module: a value from before it read later disqualifies."""
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.norm, self.head = nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.head((self.norm(y) + y).mean((2, 3)))
+
+    roles = {nn.BatchNorm2d: "norm", nn.Conv2d: "shared", nn.Linear: "head"}
+    toy = Shared()
+    assert not domain_fold.foldable(fx.symbolic_trace(toy).graph, dict(toy.named_modules()), lambda m: roles.get(type(m)))
