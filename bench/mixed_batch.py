@@ -7,10 +7,11 @@ For each trunk and k images per domain (batch 10k, the domains interleaved: the 
 sort-free path), one run times, in interleaved rounds (median):
 
   single      a batch of the same size from one domain (the cost to match)
-  auto        the mixed batch as mdl runs it (the default ``MIXED_DEPTHWISE = "auto"``: per-sample below
+  auto        the mixed batch as mdl runs it (the default ``MIXED_DEPTHWISE = "auto"``: the whole trunk
+              domain-folded, domain_fold.py, where the trunk qualifies; else per layer: per-sample below
               PER_SAMPLE_BELOW images per domain or where the filters are a small share of their
               inputs, else folded on small stride-1 maps, else slices)
-  slices      the mixed batch, depthwise convs per domain on its slice of the sorted batch
+  slices      the mixed batch, depthwise convs per domain on its slice of the sorted batch (per layer)
   per-sample  the mixed batch, depthwise convs as one grouped conv with per-sample filters (eq. 7)
   loop        one forward per domain on its samples (what a user would write without mdl)
   single-mm   the one-domain batch with every plain 1x1 conv run as a matmul, as the mixed batch runs
@@ -147,10 +148,13 @@ def markdown(res: dict) -> str:
                      f"{r['loop_over_single']:.2f} | {r.get('single-mm_over_single', float('nan')):.2f} | "
                      f"{r.get('auto_over_single_mm', float('nan')):.2f} | {d['auto']:.1e} |")
     lines += ["", f"mdl runs mixed eval batches in mode `{res['rows'][0]['chosen_mode']}` "
-              "(`mdl.core.nets.wrappers.MIXED_DEPTHWISE`; per-sample below "
+              "(`mdl.core.nets.wrappers.MIXED_DEPTHWISE`): the whole trunk domain-folded "
+              "(`mdl.core.nets.domain_fold`: the domains side by side in channels) where the trunk qualifies "
+              "(Lite0, MobileNetV3; not ResNet-26, which fx cannot trace) and the padded slots waste at most "
+              f"{res.get('fold_waste', 1.5)}x; otherwise per layer: per-sample below "
               f"{res.get('per_sample_below', '?')} images per domain or when the depthwise filters are under "
               f"{res.get('per_sample_filter_share', '?')} of their inputs' size, else folded on small stride-1 maps, "
-              "else slices).", ""]
+              "else slices. The slices / per-sample / folded columns force that per-layer mode (no whole-trunk fold).", ""]
     return "\n".join(lines)
 
 
@@ -175,10 +179,11 @@ def main(argv=None) -> None:
         import subprocess
         import tempfile
 
-        from mdl.core.nets import wrappers
+        from mdl.core.nets import domain_fold, wrappers
 
         res = {"machine": machine(), "repeats": a.repeats, "per_sample_below": wrappers.PER_SAMPLE_BELOW,
-               "per_sample_filter_share": wrappers.PER_SAMPLE_FILTER_SHARE, "rows": [],
+               "per_sample_filter_share": wrappers.PER_SAMPLE_FILTER_SHARE,
+               "fold_waste": domain_fold.FOLD_WASTE, "rows": [],
                "machines": {}}
         regimes = MALLOC_REGIMES if a.malloc == "both" else (a.malloc,)
         cell_args = [f"--px={a.px}", f"--repeats={a.repeats}"] + [f"--arch={x}" for x in a.arch or []] + \

@@ -18,7 +18,9 @@ Forward
                                the whole batch, per-domain modules once per domain on its contiguous
                                slice; in eval mode norms apply per-sample affines (one gather per
                                forward: stacks.py) and depthwise convs run per slice, as one grouped
-                               per-sample conv or folded domain-major, by shape (wrappers.MIXED_DEPTHWISE).
+                               per-sample conv or folded domain-major, by shape (wrappers.MIXED_DEPTHWISE);
+                               a trunk whose graph allows it runs whole with the domains side by side in
+                               channels instead (domain_fold.py).
     ``net(x, domain=idx)``     idx a LongTensor [B] of positions in ``list(net.domains)`` (eval only): the
                                same sorted pass with the sort and slice bounds computed as tensors, so it
                                traces into a graph with a dynamic batch (``mdl export``; see wrappers' doc).
