@@ -137,3 +137,35 @@ def test_a_shared_conv_is_never_the_entry():
     roles = {nn.BatchNorm2d: "norm", nn.Conv2d: "shared", nn.Linear: "head"}
     toy = Shared()
     assert not domain_fold.foldable(fx.symbolic_trace(toy).graph, dict(toy.named_modules()), lambda m: roles.get(type(m)))
+
+
+@pytest.mark.parametrize("arch,method,depthwise,pointwise", [
+    (LITE0, "dw", 16, 1),         # every conv_dw -> bn2, and conv_head -> bn2 of the trunk
+    (MNV3, "dw", 15, 0),          # conv_head feeds no BN (an activation)
+    (LITE0, "finetune", 16, 32),  # every per-domain 1x1 conv of the blocks feeds its BN, and conv_head
+])
+def test_fold_carries_a_sole_consumer_bn_in_the_conv(arch, method, depthwise, pointwise, monkeypatch):
+    """In a fold, a per-domain conv whose only consumer is a per-domain eval BN runs with that BN folded
+    into its stacked filters (scale) and bias (shift): the BN applies only its tail (activation), so the
+    folded affine runs for the other norms alone; outputs unchanged (equal and unequal slices)."""
+    net = make(arch, method)
+    affines = []
+    real = domain_fold.affine
+    monkeypatch.setattr(domain_fold, "affine", lambda *a: affines.append(1) or real(*a))
+    names = list("abcdabcdab")
+    x = torch.randn(len(names), 3, 32, 32)
+    with torch.no_grad():
+        out = net(x, domain=names)
+    fused = {type(w).__name__: 0 for w in net.wrappers.values()}
+    for w in net.wrappers.values():
+        fused[type(w).__name__] += w.fused_norm is not None
+    assert (fused["PerDomainDepthwise"], fused.get("PerDomain", 0)) == (depthwise, pointwise)
+    norms = sum(1 for w in net.wrappers.values() if wrappers.fold_role(w) == "norm")
+    assert len(affines) == norms - depthwise - pointwise
+    check(net, x, names, out)
+    affines.clear()
+    with torch.no_grad():  # the folded stacks follow a changed BN (its scale is in the conv's filters)
+        for t in net.wrappers[next(p for p, w in net.wrappers.items() if w.fused_norm is not None)].fused_norm.domains["b"].parameters():
+            t.mul_(1.5)
+        out = net(x, domain=names)
+    check(net, x, names, out)

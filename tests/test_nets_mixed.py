@@ -283,7 +283,7 @@ def test_depthwise_joins_carry_the_next_norms_affine(arch, pairs, layout, extra,
     x = torch.randn(len(names), 3, 32, 32).contiguous(memory_format=layout)
     with torch.no_grad():
         out = net(x, domain=names)
-        fused = [p for p, w in net.wrappers.items() if getattr(w, "fused_norm", None) is not None]
+        fused = [p for p, w in net.wrappers.items() if isinstance(w, wrappers.PerDomainDepthwise) and w.fused_norm is not None]
         assert len(fused) == pairs and len(joins) == pairs
         for i, d in enumerate(names):
             ref = net(x[i:i + 1], domain=d)

@@ -409,7 +409,7 @@ class MultiDomainNet(nn.Module):
         if eager:
             self._stacks.refresh(self._stacked, self._affine_norms, order, idx_sorted)
             r.stacks, r.fold = self._stacks, fold
-            if not self._fusion_read and fold is None:
+            if not self._fusion_read:
                 self._read_fusion()
         try:
             y = self.trunk(x if perm is None else x[perm])  # advanced indexing keeps channels_last (index_select not)
@@ -452,10 +452,11 @@ class MultiDomainNet(nn.Module):
 
     def _read_fusion(self) -> None:
         """Pair each per-domain depthwise conv with the per-domain BN that alone consumes it (fusion.py)."""
-        pairs = sole_norm_consumers(self.trunk, (PerDomainDepthwise,), (PerDomainNorm,), (PerDomain,))
+        pairs = sole_norm_consumers(self.trunk, (PerDomain,), (PerDomainNorm,), (PerDomain,))
         for conv_path, norm_path in pairs.items():
             conv, norm = self.wrappers.get(conv_path), self.wrappers.get(norm_path)
-            if isinstance(conv, PerDomainDepthwise) and isinstance(norm, PerDomainNorm) and norm.affine_only:
+            # depthwise convs apply it in every mixed mode but per-sample, per-domain 1x1 convs in a fold only
+            if wrappers.fold_role(conv) in ("depthwise", "pointwise") and isinstance(norm, PerDomainNorm) and norm.affine_only:
                 conv.__dict__["fused_norm"] = norm
         self._fusion_read = True
 

@@ -104,6 +104,7 @@ class PerDomain(nn.Module):
 
     copies_template = True  # each domain owns a copy of the trunk's module (adapters keep it shared)
     stacks_domains = False  # mixed eval batches read its domains' tensors stacked (see stacks.py)
+    fused_norm = None       # a per-domain conv: the eval BN fed by it alone, whose affine it applies (fusion.py)
 
     def __init__(self, template: nn.Module, router: Router, path: str):
         super().__init__()
@@ -141,8 +142,11 @@ class PerDomain(nn.Module):
             return self.domains[r.domain](x)
         if r.fold is not None and self._pointwise:  # fold_role "pointwise" (others run before the fold)
             x = r.fold.enter(x)
-            weight_t, bias = self.stacked(_stack_pointwise_t)
-            return domain_fold.per_domain_pointwise(r.fold.rows(weight_t), None if bias is None else r.fold.rows(bias), x, r.fold.d)
+            norm = self.fused_norm
+            weight_t, bias = self.stacked(_stack_pointwise_t) if norm is None else self.stacked(_stack_pointwise_t_bn, norm)
+            y = domain_fold.per_domain_pointwise(r.fold.rows(weight_t), None if bias is None else r.fold.rows(bias), x, r.fold.d)
+            r.normalized = y if norm is not None else None
+            return y
         if self._pointwise and r.stacks is not None and layers.matmul_layout(x):
             return self.grouped(x, lambda d, part: layers.pointwise_linear(self.domains[d], part))
         return self.grouped(x)
@@ -152,12 +156,12 @@ class PerDomain(nn.Module):
         ys = [self.domains[d](x[s:e]) if fn is None else fn(d, x[s:e]) for d, s, e in self.router.slices]
         return layers.cat_batch(ys)
 
-    def stacked(self, build: Callable[[list[nn.Module]], object]):
-        """``build`` over every domain's copy in router order: from the network's stacks when the forward
-        has them (built once per ``build``, kept until a tensor changes), else afresh (autograd on, or a
-        graph being traced: the stack must be part of the graph)."""
+    def stacked(self, build: Callable[..., object], *args):
+        """``build`` over every domain's copy in router order (and ``args``): from the network's stacks when
+        the forward has them (built once per ``build``, kept until a tensor changes), else afresh (autograd
+        on, or a graph being traced: the stack must be part of the graph)."""
         r = self.router
-        fresh = lambda: build([self.domains[d] for d in r.order])  # noqa: E731
+        fresh = lambda: build([self.domains[d] for d in r.order], *args)  # noqa: E731
         return fresh() if r.stacks is None else r.stacks.get((self.path, build), fresh)
 
 
@@ -212,8 +216,25 @@ def _stack_pointwise_t(ms):
     return weight, torch.stack([m.bias for m in ms])[:, None] if ms[0].bias is not None else None
 
 
+def _stack_pointwise_t_bn(ms, norm):
+    """:func:`_stack_pointwise_t` with the eval BN ``norm`` that alone consumes the convs folded in (its
+    scale into the weights' output columns, its shift into the bias): conv then BN as one batched matmul."""
+    weight, bias = _stack_pointwise_t(ms)
+    scale, shift = norm.stacked_affine()  # [D, Cout]
+    return weight * scale[:, None], (shift if bias is None else torch.addcmul(shift, bias[:, 0], scale))[:, None]
+
+
 def _stack_filters(ms):
     return torch.stack([m.weight for m in ms]), torch.stack([m.bias for m in ms]) if ms[0].bias is not None else None
+
+
+def _stack_filters_bn(ms, norm):
+    """:func:`_stack_filters` ([D, C, 1, k, k], bias [D, C]) with the eval BN ``norm`` that alone consumes
+    the convs folded in: one grouped conv with a bias does conv and BN in one pass over the activations."""
+    weight, bias = _stack_filters(ms)
+    scale, shift = norm.stacked_affine()  # [D, C]
+    weight = weight * scale.view(*scale.shape, *[1] * (weight.dim() - 2))
+    return weight, shift if bias is None else torch.addcmul(shift, bias, scale)
 
 
 class PerDomainDepthwise(PerDomain):
@@ -223,7 +244,6 @@ class PerDomainDepthwise(PerDomain):
 
     def __init__(self, template: nn.Module, router: Router, path: str):
         super().__init__(template, router, path)
-        self.__dict__["fused_norm"] = None  # the per-domain BN fed by this conv alone (set by the network)
 
     def forward(self, x):
         r = self.router
@@ -234,10 +254,13 @@ class PerDomainDepthwise(PerDomain):
             return layers.mixed_depthwise(convs[0], x, torch.stack([c.weight for c in convs]), mlp(x), bias)
         if r.domain is not None:
             return self.domains[r.domain](x)
-        if r.fold is not None:
-            w, b = self.stacked(_stack_filters)
-            return domain_fold.depthwise(self.template, r.fold.enter(x), r.fold.rows(w).flatten(0, 1),
-                                         None if b is None else r.fold.rows(b).flatten(), layers.conv_geometry)
+        if r.fold is not None:  # the next BN, when it alone reads the conv, folded into filters and bias
+            norm = self.fused_norm
+            w, b = self.stacked(_stack_filters) if norm is None else self.stacked(_stack_filters_bn, norm)
+            y = domain_fold.depthwise(self.template, r.fold.enter(x), r.fold.rows(w).flatten(0, 1),
+                                      None if b is None else r.fold.rows(b).flatten(), layers.conv_geometry)
+            r.normalized = y if norm is not None else None
+            return y
         if not r.per_sample or r.indexed:  # training, or a traced graph (groups = B*C needs a static B)
             return self.grouped(x)
         mode = _depthwise_mode(self.template, x, [e - s for _, s, e in r.slices], r.prefer_per_sample)
@@ -330,12 +353,12 @@ class PerDomainNorm(PerDomain):
         if r.domain is not None:
             m = self.domains[r.domain]
             return _run_eval(m, x) if r.frozen_stats and m.training else m(x)
+        if x is r.normalized:  # the conv before us applied our affine (joining its parts, or folded in)
+            r.normalized = None
+            return _bn_tail(self, x)
         if r.fold is not None:  # an eval BN (fold_role "norm")
             scale, shift = self.stacked(_bn_affine)
             return _bn_tail(self, domain_fold.affine(r.fold.enter(x), r.fold.rows(scale), r.fold.rows(shift)))
-        if x is r.normalized:  # the depthwise conv before us applied our affine while joining its parts
-            r.normalized = None
-            return _bn_tail(self, x)
         if not r.per_sample or self._kind is None:
             return self.grouped(x)
         if r.stacks is not None:  # one gather per forward for every norm (stacks.Stacks.affine)
