@@ -169,3 +169,37 @@ def test_fold_carries_a_sole_consumer_bn_in_the_conv(arch, method, depthwise, po
             t.mul_(1.5)
         out = net(x, domain=names)
     check(net, x, names, out)
+
+
+def _same(c, k, stride):
+    from timm.layers import Conv2dSame
+    return Conv2dSame(c, c, k, stride=stride, groups=c, bias=False)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 5, 8, 9])
+@pytest.mark.parametrize("make_conv", [
+    lambda: _same(6, 3, 1), lambda: _same(6, 5, 1), lambda: _same(6, 3, 2), lambda: _same(6, 5, 2),
+    lambda: nn.Conv2d(6, 6, 5, padding=2, groups=6, bias=False), lambda: nn.Conv2d(6, 6, 3, stride=2, padding=1, groups=6, bias=False),
+    lambda: nn.Conv2d(6, 6, 3, padding=0, groups=6, bias=False),
+], ids=["same3", "same5", "same3s2", "same5s2", "pad2", "pad1s2", "valid"])
+def test_unpadded_filters_compute_what_the_conv_does(make_conv, size):
+    """The filters and padding a folded depthwise conv runs with (no padded copy of the input; taps
+    that read padding alone cut off; timm's lopsided "same" padding as a zero tap) give the conv's output."""
+    from mdl.core.nets import layers
+    torch.manual_seed(0)
+    conv = make_conv()
+    x = torch.randn(2, 6, size, size + 1)
+    if size + 2 * conv.padding[0] < conv.kernel_size[0] and type(conv) is nn.Conv2d:
+        pytest.skip("the conv itself rejects an input smaller than its filter")
+    ref = conv(x)
+    got = layers.unpadded_filters(conv, tuple(x.shape[-2:]), conv.weight)
+    assert got is not None
+    weight, padding = got
+    torch.testing.assert_close(torch.nn.functional.conv2d(x, weight, None, conv.stride, padding, 1, 6), ref)
+    assert weight.shape[-2] <= conv.kernel_size[0] + 1 and weight.shape[-2] <= 2 * size + 1  # cut to its reach
+
+
+def test_unpadded_filters_leave_other_geometries_alone():
+    from mdl.core.nets import layers
+    assert layers.unpadded_filters(nn.Conv2d(4, 4, 3, padding="same", groups=4), (8, 8), torch.zeros(4, 1, 3, 3)) is None
+    assert layers.unpadded_filters(nn.Conv2d(4, 4, 3, padding=2, dilation=2, groups=4), (8, 8), torch.zeros(4, 1, 3, 3)) is None

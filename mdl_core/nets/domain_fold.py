@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import layers
+
 ENABLED = True  # under wrappers.MIXED_DEPTHWISE == "auto", for trunks that qualify
 # Padded image slots may add at most this share of the batch's work (D * n <= FOLD_WASTE * B).
 FOLD_WASTE = 1.5
@@ -105,10 +107,12 @@ def per_domain_pointwise(weight_t: torch.Tensor, bias: torch.Tensor | None, x: t
 
 
 def depthwise(conv: nn.Conv2d, x: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor | None,
-              geometry) -> torch.Tensor:
+              padding=None) -> torch.Tensor:
     """Per-domain depthwise convs on the folded batch: one grouped conv, ``weights`` [D*Cout, 1, k, k]
-    domain-major. ``geometry`` is layers.conv_geometry (timm's dynamic "same" padding)."""
-    x, padding = geometry(conv, x)
+    domain-major, ``padding`` as layers.unpadded_filters gave it with them; None: ``conv``'s own
+    (layers.conv_geometry: timm's dynamic "same" padding as a padded copy)."""
+    if padding is None:
+        x, padding = layers.conv_geometry(conv, x)
     return F.conv2d(x, weights, bias, stride=conv.stride, padding=padding, dilation=conv.dilation,
                     groups=x.shape[1])
 

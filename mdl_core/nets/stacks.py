@@ -83,7 +83,7 @@ class Stacks:
         self._idx = self._rows = None
 
     # --- per layer --------------------------------------------------------------------------------
-    def get(self, key: str, build: Callable[[], object]):
+    def get(self, key: tuple, build: Callable[[], object]):
         """The stacked value ``key`` (a wrapper's path), built by ``build()`` the first time."""
         value = self._values.get(key)
         if value is None:

@@ -157,12 +157,12 @@ class PerDomain(nn.Module):
         return layers.cat_batch(ys)
 
     def stacked(self, build: Callable[..., object], *args):
-        """``build`` over every domain's copy in router order (and ``args``): from the network's stacks when
-        the forward has them (built once per ``build``, kept until a tensor changes), else afresh (autograd
-        on, or a graph being traced: the stack must be part of the graph)."""
+        """``build`` over every domain's copy in router order (and ``args``, hashable): from the network's
+        stacks when the forward has them (built once per ``build`` and ``args``, kept until a tensor
+        changes), else afresh (autograd on, or a graph being traced: the stack must be part of the graph)."""
         r = self.router
         fresh = lambda: build([self.domains[d] for d in r.order], *args)  # noqa: E731
-        return fresh() if r.stacks is None else r.stacks.get((self.path, build), fresh)
+        return fresh() if r.stacks is None else r.stacks.get((self.path, build, *args), fresh)
 
 
 # How a mixed eval batch runs its depthwise convs (measured layer by layer inside the network and whole:
@@ -228,6 +228,15 @@ def _stack_filters(ms):
     return torch.stack([m.weight for m in ms]), torch.stack([m.bias for m in ms]) if ms[0].bias is not None else None
 
 
+def _fold_filters(ms, conv, norm, size):
+    """The stacked filters and bias for a domain-folded batch of spatial ``size`` (with ``norm`` folded
+    in unless None), laid out for a conv without a padded copy of its input where that applies
+    (layers.unpadded_filters): (weight [D, C, 1, kh', kw'], bias, padding or None)."""
+    weight, bias = _stack_filters(ms) if norm is None else _stack_filters_bn(ms, norm)
+    unpadded = layers.unpadded_filters(conv, size, weight)
+    return (weight, bias, None) if unpadded is None else (unpadded[0], bias, unpadded[1])
+
+
 def _stack_filters_bn(ms, norm):
     """:func:`_stack_filters` ([D, C, 1, k, k], bias [D, C]) with the eval BN ``norm`` that alone consumes
     the convs folded in: one grouped conv with a bias does conv and BN in one pass over the activations."""
@@ -255,10 +264,10 @@ class PerDomainDepthwise(PerDomain):
         if r.domain is not None:
             return self.domains[r.domain](x)
         if r.fold is not None:  # the next BN, when it alone reads the conv, folded into filters and bias
-            norm = self.fused_norm
-            w, b = self.stacked(_stack_filters) if norm is None else self.stacked(_stack_filters_bn, norm)
-            y = domain_fold.depthwise(self.template, r.fold.enter(x), r.fold.rows(w).flatten(0, 1),
-                                      None if b is None else r.fold.rows(b).flatten(), layers.conv_geometry)
+            x, norm = r.fold.enter(x), self.fused_norm
+            w, b, padding = self.stacked(_fold_filters, self.template, norm, tuple(x.shape[-2:]))
+            y = domain_fold.depthwise(self.template, x, r.fold.rows(w).flatten(0, 1),
+                                      None if b is None else r.fold.rows(b).flatten(), padding)
             r.normalized = y if norm is not None else None
             return y
         if not r.per_sample or r.indexed:  # training, or a traced graph (groups = B*C needs a static B)
