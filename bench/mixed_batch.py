@@ -7,6 +7,8 @@ For each trunk and k images per domain (batch 10k, the domains interleaved: the 
 sort-free path), one run times, in interleaved rounds (median):
 
   single      a batch of the same size from one domain (the cost to match)
+  static      the same, on a network told that its tensors do not change (``assume_static``: no check of
+              every domain tensor at each forward), as ``mdl serve``, ``score`` and ``predict`` hold theirs
   auto        the mixed batch as mdl runs it (the default ``MIXED_DEPTHWISE = "auto"``: the whole trunk
               domain-folded, domain_fold.py, where the trunk qualifies; else per layer: per-sample below
               PER_SAMPLE_BELOW images per domain or where the filters are a small share of their
@@ -18,6 +20,11 @@ sort-free path), one run times, in interleaved rounds (median):
               them at few images per domain (not what mdl runs for one domain: a reference, because
               the matmul alone speeds a small one-domain batch up on the CPU, and a mixed batch should
               not look cheap only by a trick its baseline lacks)
+  single-fold the one-domain batch run through the domain-folded path itself (a network of that domain
+              alone, D = 1: every trick the mixed batch has, 1x1 matmuls, BNs folded into the convs
+              before them, depthwise convs without padded copies); not what mdl runs for one domain: the
+              strictest reference, where the ratio is the cost of the other domains alone (trunks that
+              fold only)
 
 and checks that the mixed outputs equal the per-domain forwards. The ratio that the issue's targets
 read is single time / mixed time (>= 0.9 at k = 10, >= 0.8 at k = 1 on Lite0) for what mdl runs
@@ -104,21 +111,44 @@ def bench(arch: str, k: int, px: int, repeats: int) -> dict:
         finally:
             nn.Conv2d.forward = conv_forward
 
-    fns = {"single": lambda: net(x, domain=names[0]), "single-mm": single_mm, "auto": mixed("auto"), "slices": mixed("slices"),
+    def copy_of(domains):  # a network of the same tensors for ``domains``
+        other = create_network(arch, method="dw", domains={d: DOMAINS[d] for d in domains})
+        other.load_shared_state_dict(net.shared_state_dict())
+        for d in domains:
+            other.load_domain_state_dict(d, net.domain_state_dict(d))
+        dev.prepare(other)
+        return other.eval()
+
+    # the one-domain batch through the domain-folded path itself (D = 1): a network of that domain alone
+    one = copy_of(names[:1])
+    static = copy_of(names).assume_static()  # as `mdl serve`, `score` and `predict` hold their networks
+    zeros = torch.zeros(len(doms), dtype=torch.long)
+
+    def single_fold():  # the sorted-batch entry with one slice: what a mixed forward runs, for one domain
+        return one._sorted_forward(x, None, zeros, [(names[0], 0, len(doms))], [names[0]])
+
+    fns = {"single": lambda: net(x, domain=names[0]), "single-mm": single_mm, "auto": mixed("auto"),
+           "static": lambda: static(x, domain=doms), "slices": mixed("slices"),
            "per-sample": mixed("per-sample"), "folded": mixed("folded"),
            "loop": lambda: [net(x[ix], domain=d) for d, ix in groups.items()]}
+    if one.foldable():
+        fns["single-fold"] = single_fold
     with torch.no_grad():
         ts = dict(zip(fns, median_time(list(fns.values()), repeats)))
         loop = fns["loop"]()
         diffs = {}
-        for mode in ("auto", "slices", "per-sample", "folded"):
+        for mode in ("auto", "static", "slices", "per-sample", "folded"):
             out = fns[mode]()
             diffs[mode] = max((out[ix, : y.shape[1]] - y).abs().max().item() for (d, ix), y in zip(groups.items(), loop))
+        if "single-fold" in fns:
+            diffs["single-fold"] = (fns["single-fold"]() - fns["single"]()).abs().max().item()
     b = len(doms)
     row = {"arch": arch, "per_domain": k, "batch": b, "px": px, "chosen_mode": chosen, "malloc": malloc_regime(),
            **{f"{n}_img_per_s": round(b / t, 1) for n, t in ts.items()},
            **{f"{n}_over_single": round(ts["single"] / t, 3) for n, t in ts.items() if n != "single"},
            "auto_over_single_mm": round(ts["single-mm"] / ts["auto"], 3),
+           **({"auto_over_single_fold": round(ts["single-fold"] / ts["auto"], 3),
+               "static_over_single_fold": round(ts["single-fold"] / ts["static"], 3)} if "single-fold" in ts else {}),
            "max_abs_diff_vs_loop": diffs}
     print(f"[mixed] {json.dumps(row)}", file=sys.stderr, flush=True)
     return row
@@ -135,18 +165,23 @@ def markdown(res: dict) -> str:
              "path's time at the same batch size (1.0 = a mixed batch costs what a one-domain batch costs). "
              "malloc: `steady` keeps freed memory in the process (no page faults: stable), `default` is glibc "
              "as it starts (see the script's docstring).", "",
-             "| trunk | k per domain | batch | malloc | single img/s | **mdl (auto) / single** | slices / single | "
-             "per-sample / single | folded / single | loop / single | single-mm / single | mdl / single-mm | "
+             "| trunk | k per domain | batch | malloc | single img/s | **mdl (auto) / single** | static / single | "
+             "slices / single | per-sample / single | folded / single | loop / single | single-mm / single | "
+             "mdl / single-mm | single-fold / single | **mdl / single-fold** | static / single-fold | "
              "max abs diff vs loop (auto) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(res["rows"], key=lambda r: (ARCHS.index(r["arch"]) if r["arch"] in ARCHS else 99, -r["per_domain"],
                                                  MALLOC_REGIMES.index(r.get("malloc", "default")))):
         d = r["max_abs_diff_vs_loop"]
         lines.append(f"| `{r['arch']}` | {r['per_domain']} | {r['batch']} | {r.get('malloc', 'default')} | "
-                     f"{r['single_img_per_s']} | **{r['auto_over_single']:.2f}** | {r['slices_over_single']:.2f} | "
+                     f"{r['single_img_per_s']} | **{r['auto_over_single']:.2f}** | {r.get('static_over_single', float('nan')):.2f} | "
+                     f"{r['slices_over_single']:.2f} | "
                      f"{r['per-sample_over_single']:.2f} | {r.get('folded_over_single', float('nan')):.2f} | "
                      f"{r['loop_over_single']:.2f} | {r.get('single-mm_over_single', float('nan')):.2f} | "
-                     f"{r.get('auto_over_single_mm', float('nan')):.2f} | {d['auto']:.1e} |")
+                     f"{r.get('auto_over_single_mm', float('nan')):.2f} | "
+                     + (f"{r['single-fold_over_single']:.2f} | **{r['auto_over_single_fold']:.2f}** | "
+                        f"{r['static_over_single_fold']:.2f} | " if "auto_over_single_fold" in r else "— | — | — | ")
+                     + f"{d['auto']:.1e} |")
     lines += ["", f"mdl runs mixed eval batches in mode `{res['rows'][0]['chosen_mode']}` "
               "(`mdl.core.nets.wrappers.MIXED_DEPTHWISE`): the whole trunk domain-folded "
               "(`mdl.core.nets.domain_fold`: the domains side by side in channels) where the trunk qualifies "

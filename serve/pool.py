@@ -176,4 +176,5 @@ class ModelPool:
         with torch.no_grad():  # nothing trains here: no autograd state on the served weights
             for p in net.parameters():
                 p.requires_grad_(False)
+        net.assume_static()  # served weights never change in place: no per-forward check of every tensor
         return net, loaded, problems

@@ -56,15 +56,20 @@ def test_folded_equals_per_domain(arch, method, names, layout, monkeypatch):
     check(net, x, names, out)
 
 
-def test_fold_follows_changed_tensors(monkeypatch):
-    """A stack built for one forward is rebuilt after a domain's tensors change in place."""
-    net = make(LITE0)
+@pytest.mark.parametrize("static", [False, True])
+def test_fold_follows_changed_tensors(static):
+    """A stack built for one forward is rebuilt after a domain's tensors change in place (through
+    load_domain_state_dict when the network was told to assume static tensors)."""
+    net = make(LITE0).assume_static(static)
     x = torch.randn(4, 3, 32, 32)
     names = list("abcd")
     with torch.no_grad():
         net(x, domain=names)
-        for t in net.domain_tensors("b").values():
-            t.add_(0.1)
+        if static:
+            net.load_domain_state_dict("b", {k: v + 0.1 for k, v in net.domain_state_dict("b").items()})
+        else:
+            for t in net.domain_tensors("b").values():
+                t.add_(0.1)
         out = net(x, domain=names)
     check(net, x, names, out)
 

@@ -207,14 +207,16 @@ def _train_step(net):
     net.eval()
 
 
+@pytest.mark.parametrize("static", [False, True], ids=["checked", "static"])
 @pytest.mark.parametrize("change", [_replace_parameter, _load_domain, _train_step,
                                     lambda net: net.to(torch.float64), lambda net: net.add_domain("d", 4)],
                          ids=["parameter-replaced", "load-domain", "train-step", "to-float64", "add-domain"])
-def test_stacks_see_every_change_between_forwards(change):
+def test_stacks_see_every_change_between_forwards(change, static):
     """The stacks are checked once per forward (stacks.Stacks.refresh): whatever changes a domain's tensors
     between two mixed forwards shows in the second (a stale stack gives another domain's or the old
-    values, or fails on the new dtype or domain)."""
-    net = make("resnet26_dw", "dw")
+    values, or fails on the new dtype or domain); under assume_static, every change made through the
+    network's own methods (or a module registration) still does."""
+    net = make("resnet26_dw", "dw").assume_static(static)
     x = torch.randn(len(NAMES) + 1, 3, 16, 16)
     with torch.no_grad():
         net(x[:-1], domain=NAMES)  # fills the stacks
@@ -448,3 +450,22 @@ def test_auto_goes_per_sample_at_more_images_when_filters_are_a_small_share(monk
     for i, d in enumerate(names):
         ref = net(x[i:i + 1], domain=d)
         torch.testing.assert_close(out[i:i + 1, :net.domains[d]], ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("arch", ["resnet26_dw", "timm/tf_efficientnet_lite0"])
+def test_assume_static_skips_the_per_tensor_check(arch):
+    """A static network does not walk its tensors at every forward: an in-place edit behind its back is
+    not seen (the promise it was given) until assume_static(False), and a checked network sees it at once."""
+    net = make(arch, "dw").assume_static()
+    x = torch.randn(len(NAMES), 3, 16, 16)
+    with torch.no_grad():
+        before = net(x, domain=NAMES)
+        head = net.wrappers[next(p for p, w in net.wrappers.items() if isinstance(w, wrappers.PerDomainNorm))]
+        for t in head.domains["b"].parameters():
+            t.mul_(3.0).add_(0.5)
+        stale = net(x, domain=NAMES)
+        net.assume_static(False)
+        fresh = net(x, domain=NAMES)
+    torch.testing.assert_close(stale, before)
+    assert not torch.allclose(fresh, before)
+    check_against_single(net, x, fresh)
