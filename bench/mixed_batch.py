@@ -8,7 +8,7 @@ sort-free path), one run times, in interleaved rounds (median):
 
   single      a batch of the same size from one domain (the cost to match)
   static      the same, on a network told that its tensors do not change (``assume_static``: no check of
-              every domain tensor at each forward), as ``mdl serve``, ``score`` and ``predict`` hold theirs
+              every domain tensor at each forward), as ``mdl serve`` and ``predict`` hold theirs
   auto        the mixed batch as mdl runs it (the default ``MIXED_DEPTHWISE = "auto"``: the whole trunk
               domain-folded, domain_fold.py, where the trunk qualifies; else per layer: per-sample below
               PER_SAMPLE_BELOW images per domain or where the filters are a small share of their
@@ -121,7 +121,7 @@ def bench(arch: str, k: int, px: int, repeats: int) -> dict:
 
     # the one-domain batch through the domain-folded path itself (D = 1): a network of that domain alone
     one = copy_of(names[:1])
-    static = copy_of(names).assume_static()  # as `mdl serve`, `score` and `predict` hold their networks
+    static = copy_of(names).assume_static()  # as `mdl serve` and `predict` hold their networks
     zeros = torch.zeros(len(doms), dtype=torch.long)
 
     def single_fold():  # the sorted-batch entry with one slice: what a mixed forward runs, for one domain

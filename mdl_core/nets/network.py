@@ -82,7 +82,7 @@ class MultiDomainNet(nn.Module):
         self._static = False  # assume_static: no per-forward check of every domain tensor's version
         self._stacked = [w for w in self.wrappers.values() if w.stacks_domains]
         self._affine_norms = [w for w in self._stacked if hasattr(w, "stacked_affine")]
-        self._fusion_read = False  # depthwise -> sole-consumer BN pairs, read off the trunk at first use
+        self._fusion_read = False  # per-domain conv -> sole-consumer BN pairs, read off the trunk at first use
         self._foldable: bool | None = None  # whether mixed batches can run domain-folded (at first use)
         self._filter_shares: dict = {}  # input shape, device, dtype -> filter_share (read at first use)
         self.trunk = trunk
@@ -231,7 +231,7 @@ class MultiDomainNet(nn.Module):
         domain tensor's version and storage (stacks.py; 0.6-0.8 ms a forward on Lite0 with 10 domains, of
         an 11 ms batch of 10). What goes through the network still resets the stacks: ``train()``,
         ``load_domain_state_dict``, adapter fusion, ``add_domain``/``remove_domain``, ``.to()``. For
-        networks nothing edits (``mdl serve``, ``mdl score`` / ``predict``); a plain network checks."""
+        networks nothing edits (``mdl serve``, ``mdl predict``); a plain network checks."""
         self._static = bool(static)
         self._stacks.clear()
         return self
@@ -468,7 +468,7 @@ class MultiDomainNet(nn.Module):
         return self._foldable
 
     def _read_fusion(self) -> None:
-        """Pair each per-domain depthwise conv with the per-domain BN that alone consumes it (fusion.py)."""
+        """Pair each per-domain depthwise or 1x1 conv with the per-domain BN that alone consumes it (fusion.py)."""
         pairs = sole_norm_consumers(self.trunk, (PerDomain,), (PerDomainNorm,), (PerDomain,))
         for conv_path, norm_path in pairs.items():
             conv, norm = self.wrappers.get(conv_path), self.wrappers.get(norm_path)

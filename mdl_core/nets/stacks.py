@@ -86,7 +86,8 @@ class Stacks:
 
     # --- per layer --------------------------------------------------------------------------------
     def get(self, key: tuple, build: Callable[[], object]):
-        """The stacked value ``key`` (a wrapper's path), built by ``build()`` the first time."""
+        """The stacked value ``key`` (a wrapper's path, its builder and their arguments), built by
+        ``build()`` the first time."""
         value = self._values.get(key)
         if value is None:
             value = self._values[key] = build()

@@ -228,15 +228,6 @@ def _stack_filters(ms):
     return torch.stack([m.weight for m in ms]), torch.stack([m.bias for m in ms]) if ms[0].bias is not None else None
 
 
-def _fold_filters(ms, conv, norm, size):
-    """The stacked filters and bias for a domain-folded batch of spatial ``size`` (with ``norm`` folded
-    in unless None), laid out for a conv without a padded copy of its input where that applies
-    (layers.unpadded_filters): (weight [D, C, 1, kh', kw'], bias, padding or None)."""
-    weight, bias = _stack_filters(ms) if norm is None else _stack_filters_bn(ms, norm)
-    unpadded = layers.unpadded_filters(conv, size, weight)
-    return (weight, bias, None) if unpadded is None else (unpadded[0], bias, unpadded[1])
-
-
 def _stack_filters_bn(ms, norm):
     """:func:`_stack_filters` ([D, C, 1, k, k], bias [D, C]) with the eval BN ``norm`` that alone consumes
     the convs folded in: one grouped conv with a bias does conv and BN in one pass over the activations."""
@@ -246,13 +237,19 @@ def _stack_filters_bn(ms, norm):
     return weight, shift if bias is None else torch.addcmul(shift, bias, scale)
 
 
+def _fold_filters(ms, conv, norm, size):
+    """The stacked filters and bias for a domain-folded batch of spatial ``size`` (with ``norm`` folded
+    in unless None), laid out for a conv without a padded copy of its input where that applies
+    (layers.unpadded_filters): (weight [D, C, 1, kh', kw'], bias, padding or None)."""
+    weight, bias = _stack_filters(ms) if norm is None else _stack_filters_bn(ms, norm)
+    unpadded = layers.unpadded_filters(conv, size, weight)
+    return (weight, bias, None) if unpadded is None else (unpadded[0], bias, unpadded[1])
+
+
 class PerDomainDepthwise(PerDomain):
     """A depthwise conv per domain: per-sample filters in mixed eval batches, gate mixing when gated."""
 
     stacks_domains = True
-
-    def __init__(self, template: nn.Module, router: Router, path: str):
-        super().__init__(template, router, path)
 
     def forward(self, x):
         r = self.router
