@@ -22,9 +22,9 @@ sort-free path), one run times, in interleaved rounds (median):
               not look cheap only by a trick its baseline lacks)
   single-fold the one-domain batch run through the domain-folded path itself (a network of that domain
               alone, D = 1: every trick the mixed batch has, 1x1 matmuls, BNs folded into the convs
-              before them, depthwise convs without padded copies); not what mdl runs for one domain: the
-              strictest reference, where the ratio is the cost of the other domains alone (trunks that
-              fold only)
+              before them, depthwise convs without padded copies, held static); not what mdl runs for one
+              domain: the strictest reference, where the ratio is the cost of the other domains alone
+              (trunks that fold only)
 
 and checks that the mixed outputs equal the per-domain forwards. The ratio that the issue's targets
 read is single time / mixed time (>= 0.9 at k = 10, >= 0.8 at k = 1 on Lite0) for what mdl runs
@@ -120,7 +120,7 @@ def bench(arch: str, k: int, px: int, repeats: int) -> dict:
         return other.eval()
 
     # the one-domain batch through the domain-folded path itself (D = 1): a network of that domain alone
-    one = copy_of(names[:1])
+    one = copy_of(names[:1]).assume_static()  # strictest: no per-forward check either
     static = copy_of(names).assume_static()  # as `mdl serve` and `predict` hold their networks
     zeros = torch.zeros(len(doms), dtype=torch.long)
 
