@@ -460,8 +460,8 @@ def test_assume_static_skips_the_per_tensor_check(arch):
     x = torch.randn(len(NAMES), 3, 16, 16)
     with torch.no_grad():
         before = net(x, domain=NAMES)
-        head = net.wrappers[next(p for p, w in net.wrappers.items() if isinstance(w, wrappers.PerDomainNorm))]
-        for t in head.domains["b"].parameters():
+        norm = net.wrappers[next(p for p, w in net.wrappers.items() if isinstance(w, wrappers.PerDomainNorm))]
+        for t in norm.domains["b"].parameters():
             t.mul_(3.0).add_(0.5)
         stale = net(x, domain=NAMES)
         net.assume_static(False)

@@ -8,10 +8,15 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _tf_same(conv: nn.Conv2d) -> bool:
+    """timm.layers.Conv2dSame: TF "same" padding computed from the input's size at run time."""
+    return type(conv).__name__ == "Conv2dSame"
+
+
 def conv_geometry(conv: nn.Conv2d, x: torch.Tensor) -> tuple[torch.Tensor, object]:
     """The input and padding a conv module would use: timm's ``Conv2dSame`` pads dynamically (TF
     "same"), every other conv pads statically. Returns (possibly padded x, padding for F.conv2d)."""
-    if type(conv).__name__ == "Conv2dSame":  # timm.layers.Conv2dSame: pad at run time, then no padding
+    if _tf_same(conv):  # pad at run time, then no padding
         from timm.layers import pad_same
 
         return pad_same(x, conv.weight.shape[-2:], conv.stride, conv.dilation), 0
@@ -24,7 +29,7 @@ def _pads(conv: nn.Conv2d, size: tuple[int, int]) -> list[tuple[int, int]] | Non
     """(before, after) zero padding of each spatial dimension for inputs of ``size``: timm's TF "same"
     (``Conv2dSame``, one more after than before where the total is odd) or the static padding; None for a
     padding string or another padding mode."""
-    if type(conv).__name__ == "Conv2dSame":
+    if _tf_same(conv):
         from timm.layers.padding import get_same_padding
 
         totals = [get_same_padding(n, k, s, d) for n, k, s, d in zip(size, conv.kernel_size, conv.stride, conv.dilation)]

@@ -50,7 +50,7 @@ class Stacks:
         self._tensors: list[torch.Tensor] = []
         self._versions: list[int] = []
         self._ptrs: list[int] = []
-        self._values: dict[str, object] = {}
+        self._values: dict[tuple, object] = {}  # (wrapper path, builder, *args) -> stack
         self._affines: tuple[torch.Tensor, dict[str, tuple[int, int]]] | None = None
         self._norms: list = []
         self._idx: torch.Tensor | None = None
